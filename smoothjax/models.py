@@ -1,0 +1,392 @@
+"""CIFAR ResNets (20/32/44/56/110, shortcut options A and B) and Wide-ResNets with noise.
+
+Models are Flax NNX modules taking NHWC images in [0, 1] pixel units; the per-channel input
+normalisation is part of the model (``mean``/``std`` are static model constants). Every forward
+pass takes an explicit ``key``: ``model(x, key=key)``. ``key=None`` (or ``noise=False``) runs the
+model without any noise, bit-identical to the same model built with ``noise="none"``.
+
+Use them through the pure boundary of :func:`split` / :func:`apply`::
+
+  model = smoothjax.models.build_model(ModelConfig("resnet20", noise="cni_w"), key=key)
+  graphdef, state = nnx.split(model)
+  logits = smoothjax.models.apply(graphdef, state, x, key=jax.random.key(1))
+
+Key layout inside a forward pass: ``fold_in(key, 0)`` draws the input noise, ``fold_in(key, i)``
+(i >= 1) the noise of the i-th noisy layer (creation order), so results never depend on batch
+size or device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from smoothjax import noise as noise_lib
+
+__all__ = [
+    "ARCHS",
+    "REFERENCE_NORMALIZATION",
+    "AKAMASTER_NORMALIZATION",
+    "ModelConfig",
+    "NoisyConv",
+    "NoisyLinear",
+    "CifarResNet",
+    "WideResNet",
+    "build_model",
+    "apply",
+    "apply_train",
+]
+
+# (mean, std) of the per-channel input normalisation of each checkpoint family.
+REFERENCE_NORMALIZATION = ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262))
+AKAMASTER_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56,
+                  "resnet110": 110}
+_WRN = {"wrn34_10": (34, 10), "wrn28_4": (28, 4)}
+ARCHS = tuple(_RESNET_DEPTHS) + tuple(_WRN)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything needed to rebuild a model; recorded in smoothjax checkpoints.
+
+  Attributes:
+    arch: one of :data:`ARCHS`.
+    num_classes: number of output classes (10, 100, ...).
+    shortcut: CIFAR ResNet shortcut: ``"A"`` (zero-pad, akamaster) or ``"B"`` (1x1 conv + BN,
+      the reference). Ignored by Wide-ResNets (always a 1x1 conv).
+    noise: a :class:`smoothjax.noise.NoiseConfig` or a ``--noise`` spec string.
+    mean, std: per-channel input normalisation (pixel units).
+  """
+
+  arch: str = "resnet20"
+  num_classes: int = 10
+  shortcut: str = "B"
+  noise: Any = noise_lib.NoiseConfig()
+  mean: tuple[float, ...] = REFERENCE_NORMALIZATION[0]
+  std: tuple[float, ...] = REFERENCE_NORMALIZATION[1]
+
+  def __post_init__(self):
+    if isinstance(self.noise, str):
+      object.__setattr__(self, "noise", noise_lib.parse_noise(self.noise))
+    elif isinstance(self.noise, dict):
+      object.__setattr__(self, "noise", noise_lib.NoiseConfig.from_dict(self.noise))
+    object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+    object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+    if self.arch not in ARCHS:
+      raise ValueError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+    if self.shortcut not in ("A", "B"):
+      raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+    if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+      raise ValueError(f"normalisation needs 3 means and 3 positive stds, got {self.mean}, "
+                       f"{self.std}")
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["noise"] = self.noise.to_dict()
+    d["mean"], d["std"] = list(self.mean), list(self.std)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ModelConfig":
+    d = dict(d)
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+
+class _KeyCounter:
+  """Hands out the fold-in index of each noisy layer at construction."""
+
+  def __init__(self):
+    self.next = 1
+
+  def __call__(self) -> int:
+    i = self.next
+    self.next += 1
+    return i
+
+
+def _weight_noise(shape, cfg: noise_lib.NoiseConfig, kind: str | None):
+  if kind == "pni":
+    return noise_lib.PNIWeightNoise(shape, granularity=cfg.pni_granularity,
+                                    alpha_init=cfg.pni_alpha_init)
+  if kind == "cni":
+    return noise_lib.CNIWeightNoise(shape, rank=cfg.cni_rank, alpha_init=cfg.cni_alpha_init,
+                                    f_init=cfg.cni_f_init)
+  return None
+
+
+class NoisyConv(nnx.Module):
+  """A bias-free 2-D convolution (NHWC, HWIO kernel, PyTorch padding) with optional noise."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+               padding: int | None = None, cfg: noise_lib.NoiseConfig, counter: _KeyCounter,
+               out_spatial: int | None = None, rngs: nnx.Rngs):
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    # Kaiming-normal (fan_out, as torchvision and the reference's ResNets).
+    init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    self.stride = stride
+    self.padding = kernel_size // 2 if padding is None else padding
+    self.weight_noise = _weight_noise(shape, cfg, cfg.weight)
+    if cfg.activation and out_spatial is None:
+      raise ValueError("PNI-A needs the layer's output spatial size")
+    self.act_noise = noise_lib.PNIActivationNoise(
+        (out_spatial, out_spatial, out_features), alpha_init=cfg.pni_alpha_init
+    ) if cfg.activation else None
+    self.key_id = counter() if (self.weight_noise or self.act_noise) else 0
+
+  def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    w = self.kernel[...]
+    if key is not None and self.key_id:
+      k = jax.random.fold_in(key, self.key_id)
+      kw, ka = jax.random.split(k)
+      if self.weight_noise is not None:
+        w = self.weight_noise(w, kw)
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+        x, w, (self.stride, self.stride), ((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if key is not None and self.act_noise is not None:
+      y = self.act_noise(y, ka)
+    return y
+
+
+class NoisyLinear(nnx.Module):
+  """A dense layer (kernel (in, out) + bias) with optional weight noise."""
+
+  def __init__(self, in_features: int, out_features: int, *, weight_noise: str | None,
+               cfg: noise_lib.NoiseConfig, counter: _KeyCounter, rngs: nnx.Rngs):
+    init = jax.nn.initializers.variance_scaling(1.0 / 3, "fan_in", "uniform")  # torch default
+    self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32))
+    bound = 1.0 / in_features ** 0.5
+    self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_features,), jnp.float32,
+                                             -bound, bound))
+    self.weight_noise = _weight_noise((in_features, out_features), cfg, weight_noise)
+    self.key_id = counter() if self.weight_noise is not None else 0
+
+  def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    w = self.kernel[...]
+    if key is not None and self.weight_noise is not None:
+      w = self.weight_noise(w, jax.random.fold_in(key, self.key_id))
+    return x @ w + self.bias[...]
+
+
+def _bn(n: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  # PyTorch BatchNorm2d defaults: eps 1e-5, momentum 0.1 (= decay 0.9).
+  return nnx.BatchNorm(n, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+
+
+class _Base(nnx.Module):
+  """Shared forward logic: input noise, normalisation, key handling."""
+
+  config: ModelConfig
+
+  def _prepare(self, x, key, sigma, noise):
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"expected NHWC images with 3 channels, got shape {x.shape}")
+    cfg = self.config
+    if not noise:
+      key = None
+    elif key is None and (cfg.noise.any_model_noise or cfg.noise.input_sigma):
+      raise ValueError("this model is noisy: pass key=... (or noise=False for a clean pass)")
+    s = cfg.noise.input_sigma if sigma is None else sigma
+    if key is not None and not (isinstance(s, (int, float)) and s == 0):
+      x = noise_lib.add_input_noise(jax.random.fold_in(key, 0), x, s,
+                                    sigma_space=cfg.noise.sigma_space, std=cfg.std)
+    mean = jnp.asarray(cfg.mean, x.dtype)
+    std = jnp.asarray(cfg.std, x.dtype)
+    return (x - mean) / std, key
+
+
+class _ResNetBlock(nnx.Module):
+  """CIFAR BasicBlock: conv-BN-ReLU-conv-BN + shortcut, ReLU."""
+
+  def __init__(self, cin, cout, stride, spatial, shortcut, cfg, counter, rngs):
+    self.conv1 = NoisyConv(cin, cout, 3, stride=stride, cfg=cfg, counter=counter,
+                           out_spatial=spatial, rngs=rngs)
+    self.bn1 = _bn(cout, rngs)
+    self.conv2 = NoisyConv(cout, cout, 3, cfg=cfg, counter=counter, out_spatial=spatial,
+                           rngs=rngs)
+    self.bn2 = _bn(cout, rngs)
+    self.shortcut = shortcut if (stride != 1 or cin != cout) else None
+    self.pad = (cout - cin) // 2
+    if self.shortcut == "B":
+      self.down_conv = NoisyConv(cin, cout, 1, stride=stride, padding=0, cfg=cfg,
+                                 counter=counter, out_spatial=spatial, rngs=rngs)
+      self.down_bn = _bn(cout, rngs)
+    self.stride = stride
+
+  def __call__(self, x, key, train):
+    ura = not train
+    out = nnx.relu(self.bn1(self.conv1(x, key), use_running_average=ura))
+    out = self.bn2(self.conv2(out, key), use_running_average=ura)
+    if self.shortcut is None:
+      sc = x
+    elif self.shortcut == "A":
+      s = self.stride
+      sc = jnp.pad(x[:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (self.pad, self.pad)))
+    else:
+      sc = self.down_bn(self.down_conv(x, key), use_running_average=ura)
+    return nnx.relu(out + sc)
+
+
+class CifarResNet(_Base):
+  """He et al.'s CIFAR ResNet (3 stages of BasicBlocks, 16/32/64 channels)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    depth = _RESNET_DEPTHS[config.arch]
+    if (depth - 2) % 6:
+      raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    self.config = config
+    cfg = config.noise
+    counter = _KeyCounter()
+    self.conv1 = NoisyConv(3, 16, 3, cfg=cfg, counter=counter, out_spatial=32, rngs=rngs)
+    self.bn1 = _bn(16, rngs)
+    blocks = []
+    cin, spatial = 16, 32
+    for stage, cout in enumerate((16, 32, 64)):
+      for i in range(n):
+        stride = 2 if (stage > 0 and i == 0) else 1
+        spatial //= stride
+        blocks.append(_ResNetBlock(cin, cout, stride, spatial, config.shortcut, cfg, counter,
+                                   rngs))
+        cin = cout
+    self.blocks = nnx.List(blocks)
+    head_noise = cfg.weight
+    if cfg.weight == "cni" and cfg.cni_head_pni:
+      head_noise = "pni"
+    head_cfg = dataclasses.replace(cfg, pni_granularity="element") if (
+        cfg.weight == "cni") else cfg
+    self.fc = NoisyLinear(64, config.num_classes, weight_noise=head_noise, cfg=head_cfg,
+                          counter=counter, rngs=rngs)
+
+  def __call__(self, x, *, key=None, train: bool = False, sigma=None, noise: bool = True):
+    x, key = self._prepare(x, key, sigma, noise)
+    out = nnx.relu(self.bn1(self.conv1(x, key), use_running_average=not train))
+    for block in self.blocks:
+      out = block(out, key, train)
+    return self.fc(out.mean(axis=(1, 2)), key)
+
+
+class _WideBlock(nnx.Module):
+  """Pre-activation wide block of Zagoruyko & Komodakis (as in the Madry/TRADES code)."""
+
+  def __init__(self, cin, cout, stride, spatial, cfg, counter, rngs):
+    self.bn1 = _bn(cin, rngs)
+    self.conv1 = NoisyConv(cin, cout, 3, stride=stride, cfg=cfg, counter=counter,
+                           out_spatial=spatial, rngs=rngs)
+    self.bn2 = _bn(cout, rngs)
+    self.conv2 = NoisyConv(cout, cout, 3, cfg=cfg, counter=counter, out_spatial=spatial,
+                           rngs=rngs)
+    self.equal = cin == cout and stride == 1
+    self.short = None if self.equal else NoisyConv(
+        cin, cout, 1, stride=stride, padding=0, cfg=cfg, counter=counter, out_spatial=spatial,
+        rngs=rngs)
+
+  def __call__(self, x, key, train):
+    ura = not train
+    a = nnx.relu(self.bn1(x, use_running_average=ura))
+    out = nnx.relu(self.bn2(self.conv1(a, key), use_running_average=ura))
+    out = self.conv2(out, key)
+    return out + (x if self.equal else self.short(a, key))
+
+
+class WideResNet(_Base):
+  """Wide-ResNet-depth-k (34-10 of Madry/TRADES, 28-4 of the authors' released CNI-W model)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    depth, k = _WRN[config.arch]
+    n = (depth - 4) // 6
+    self.config = config
+    cfg = config.noise
+    counter = _KeyCounter()
+    widths = (16 * k, 32 * k, 64 * k)
+    self.conv1 = NoisyConv(3, 16, 3, cfg=cfg, counter=counter, out_spatial=32, rngs=rngs)
+    blocks = []
+    cin, spatial = 16, 32
+    for stage, cout in enumerate(widths):
+      for i in range(n):
+        stride = 2 if (stage > 0 and i == 0) else 1
+        spatial //= stride
+        blocks.append(_WideBlock(cin, cout, stride, spatial, cfg, counter, rngs))
+        cin = cout
+    self.blocks = nnx.List(blocks)
+    self.bn = _bn(cin, rngs)
+    head_noise = "pni" if (cfg.weight == "cni" and cfg.cni_head_pni) else cfg.weight
+    head_cfg = dataclasses.replace(cfg, pni_granularity="element") if (
+        cfg.weight == "cni") else cfg
+    self.fc = NoisyLinear(cin, config.num_classes, weight_noise=head_noise, cfg=head_cfg,
+                          counter=counter, rngs=rngs)
+
+  def __call__(self, x, *, key=None, train: bool = False, sigma=None, noise: bool = True):
+    x, key = self._prepare(x, key, sigma, noise)
+    out = self.conv1(x, key)
+    for block in self.blocks:
+      out = block(out, key, train)
+    out = nnx.relu(self.bn(out, use_running_average=not train))
+    return self.fc(out.mean(axis=(1, 2)), key)
+
+
+def build_model(config: ModelConfig | str = "resnet20", *, key: jax.Array | int = 0,
+                **kw) -> CifarResNet | WideResNet:
+  """Builds a model.
+
+  Args:
+    config: a :class:`ModelConfig`, or an architecture name (then ``kw`` are the other
+      :class:`ModelConfig` fields, e.g. ``noise="cni_w"``, ``num_classes=100``).
+    key: PRNG key (or int seed) for the initial parameters.
+
+  Example:
+    >>> import jax, smoothjax
+    >>> model = smoothjax.models.build_model("resnet20", noise="pni_w", key=0)
+    >>> x = jax.numpy.zeros((2, 32, 32, 3))
+    >>> model(x, key=jax.random.key(1)).shape
+    (2, 10)
+  """
+  if isinstance(config, str):
+    config = ModelConfig(arch=config, **kw)
+  elif kw:
+    config = config.replace(**kw)
+  if isinstance(key, int):
+    key = jax.random.key(key)
+  rngs = nnx.Rngs(params=key)
+  if config.arch in _WRN:
+    return WideResNet(config, rngs=rngs)
+  return CifarResNet(config, rngs=rngs)
+
+
+def apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
+          key: jax.Array | None = None, sigma=None, noise: bool = True) -> jax.Array:
+  """Pure evaluation-mode forward pass (BatchNorm uses running statistics). Returns logits."""
+  model = nnx.merge(graphdef, state)
+  return model(x, key=key, sigma=sigma, noise=noise, train=False)
+
+
+def apply_train(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
+                key: jax.Array | None = None, sigma=None,
+                noise: bool = True) -> tuple[jax.Array, nnx.State]:
+  """Pure training-mode forward pass. Returns ``(logits, new_state)`` (BatchNorm stats updated)."""
+  model = nnx.merge(graphdef, state)
+  logits = model(x, key=key, sigma=sigma, noise=noise, train=True)
+  return logits, nnx.state(model)
+
+
+def param_count(state: nnx.State, filt: Sequence[Any] | Any = nnx.Param) -> int:
+  """Number of scalars in the variables of ``state`` matching ``filt``."""
+  leaves = jax.tree.leaves(state.filter(filt) if hasattr(state, "filter") else state)
+  return sum(int(l.size) for l in leaves)
