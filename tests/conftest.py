@@ -9,9 +9,8 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+import jax  # noqa: E402,F401  (imported after XLA_FLAGS is set)
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SMOOTHJAX_SHARED", REPO.parent / "shared"))
