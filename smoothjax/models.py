@@ -373,7 +373,7 @@ def build_model(config: ModelConfig | str = "resnet20", *, key: jax.Array | int 
 def apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
           key: jax.Array | None = None, sigma=None, noise: bool = True) -> jax.Array:
   """Pure evaluation-mode forward pass (BatchNorm uses running statistics). Returns logits."""
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state, copy=True)  # never mutate the caller's state
   return model(x, key=key, sigma=sigma, noise=noise, train=False)
 
 
@@ -381,7 +381,7 @@ def apply_train(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
                 key: jax.Array | None = None, sigma=None,
                 noise: bool = True) -> tuple[jax.Array, nnx.State]:
   """Pure training-mode forward pass. Returns ``(logits, new_state)`` (BatchNorm stats updated)."""
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state, copy=True)  # never mutate the caller's state
   logits = model(x, key=key, sigma=sigma, noise=noise, train=True)
   return logits, nnx.state(model)
 
