@@ -1,9 +1,9 @@
-"""Tests of smoothjax.data: sources (npz, folders, tars, tfds), splits, cache, augmentation, batches."""
+"""Tests of smoothjax.data: sources (npz, folders, tars, tfds), splits, cache, augmentation,
+batches."""
 
 import fractions
 import io
 import os
-import pathlib
 import socket
 import tarfile
 import time
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from smoothjax import data
-from tests.conftest import shared_path
+from conftest import shared_path  # tests/ is on sys.path (pytest's default import mode)
 
 DatasetError = data.DatasetError
 
