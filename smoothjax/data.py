@@ -293,11 +293,13 @@ def from_arrays(*, name: str, x_train: Any = None, y_train: Any = None, x_test: 
 # ---------------------------------------------------------------------------------------------
 
 
-def _cache_path(cache_dir: pathlib.Path, kind: str, source: str, fingerprint: Any) -> pathlib.Path:
+def _cache_path(cache_dir: pathlib.Path, kind: str, source: str, fingerprint: Any,
+                stem: str | None = None) -> pathlib.Path:
   blob = json.dumps({"version": _CACHE_VERSION, "kind": kind, "source": source,
                      "fingerprint": fingerprint}, sort_keys=True)
   digest = hashlib.sha256(blob.encode()).hexdigest()[:20]
-  stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in pathlib.Path(source).name)
+  stem = stem or pathlib.Path(source).name
+  stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
   return cache_dir / f"{kind}-{stem[:60]}-{digest}.npz"
 
 
@@ -580,7 +582,7 @@ def _load_tfds(name: str, spec: str, data_dir, cache_dir, validation_size) -> Da
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
     raise DatasetError(f"{spec}: tensorflow-datasets cannot find dataset {name!r}: {e}") from e
-  where = builder.data_dir
+  where = str(builder.data_dir)
   if not builder.is_prepared():
     tf_ok = _tensorflow_available()
     host = _TFDS_DOWNLOAD_HOSTS.get(name)
@@ -596,15 +598,15 @@ def _load_tfds(name: str, spec: str, data_dir, cache_dir, validation_size) -> Da
       raise DatasetError(
           f"{spec}: the tfds dataset {name!r} is not prepared in {where} and {why}. Prepare it "
           f"where TensorFlow and internet are available (`tfds build {name} "
-          f"--file_format=array_record --data_dir=DIR`) and pass data_dir=DIR "
-          f"(--data_dir), or use an offline source. {_OFFLINE_HINT}")
+          f"--file_format=array_record --data_dir=DIR`) and pass data_dir=DIR or set "
+          f"TFDS_DATA_DIR=DIR, or use an offline source. {_OFFLINE_HINT}")
     _log.info("downloading and preparing %s into %s", name, where)
     try:
       builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
       builder.download_and_prepare()
     except Exception as e:
       raise DatasetError(f"{spec}: preparing the tfds dataset failed: {e}. {_OFFLINE_HINT}") from e
-    where = builder.data_dir
+    where = str(builder.data_dir)
 
   info = builder.info
   known = list(info.splits.keys()) if info.splits else []
@@ -616,7 +618,7 @@ def _load_tfds(name: str, spec: str, data_dir, cache_dir, validation_size) -> Da
   cache = None
   if fingerprint is not None:
     cache = _cache_path(_resolve_cache_dir(cache_dir, pathlib.Path(where)), "tfds",
-                        str(pathlib.Path(where).resolve()), fingerprint)
+                        str(pathlib.Path(where).resolve()), fingerprint, stem=name)
     arrays = _cache_read(cache)
     if arrays is not None:
       return _from_cached(spec, arrays, validation_size)
