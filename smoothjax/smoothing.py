@@ -1,0 +1,623 @@
+"""Smoothed inference: Monte-Carlo sampling of a noisy classifier and its votes.
+
+The smoothed classifier (REFERENCE.md §1; Nemcovsky et al. 2019, Cohen et al. 2019) is
+``argmax_c sum_s v(f(x + eta_s; W_s), c)`` over ``n`` Monte-Carlo samples, for a voting
+function ``v``. This module draws the samples and accumulates the votes; the statistics of
+Cohen et al.'s PREDICT / CERTIFY live in :mod:`smoothjax.certify`.
+
+Sampling semantics (fixed, so that results never depend on chunking or device count):
+
+* Sample ``s`` (global index ``0 .. n-1``) runs the model with key ``fold_in(key, s)``: one
+  weight / activation-noise draw, shared by the whole image batch (the reference's
+  granularity). Following the model's key layout, ``fold_in(fold_in(key, s), 0)`` is the
+  input-noise slot; image ``i`` (its *global* dataset index, see ``indices``) gets the input
+  noise ``sigma * normal(fold_in(fold_in(fold_in(key, s), 0), i))``. Results are therefore
+  identical whether images or samples are chunked, sharded over devices, or not (hard-vote
+  counts bit for bit; float vote sums up to summation order).
+* Models with weight / activation noise run one forward pass per sample on a batch of images
+  (weight-noise draws are looped with ``lax.scan``, never ``vmap``-ped: a vmapped kernel
+  becomes a grouped convolution, about 10x slower on CPU). Models with input noise only batch
+  images x samples into one forward pass.
+* Votes are accumulated on the fly for every requested prefix ``n`` of the same ``n_max``
+  samples (one pass gives the whole accuracy-vs-n curve, for every vote at once); memory is
+  flat in ``n``.
+* Samples are sharded over all local (or, after ``jax.distributed.initialize()``, global)
+  devices with a one-axis mesh ``("samples",)`` and :func:`jax.shard_map`.
+
+Votes (REFERENCE.md §1): ``hard`` (majority of argmaxes, ties -> lowest class id), ``soft`` (mean
+softmax, the paper's eq. 13), ``soft_logits`` (mean logits, the reference implementation),
+``weighted`` (rank weights ``w(r) = 2^-r``), ``weighted_topK`` (``w(r) = 1[r < K]``), or any
+:class:`Vote` / :func:`weighted_vote` with a user weight function.
+
+Example:
+  >>> import jax, smoothjax
+  >>> from smoothjax import smoothing
+  >>> model = smoothjax.models.build_model("resnet20", key=0)
+  >>> x = jax.numpy.zeros((2, 32, 32, 3))
+  >>> out = smoothing.sample_votes(jax.random.key(0), model, x, sigma=0.12, num_samples=4,
+  ...                              prefixes=(1, 2, 4), votes=("hard", "soft"))
+  >>> out["hard"].shape  # (prefixes, images, classes)
+  (3, 2, 10)
+
+References:
+  Nemcovsky et al., "Smoothed Inference for Improving Adversarial Robustness", arXiv 1911.07198.
+  Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from smoothjax import models as models_lib
+from smoothjax import noise as noise_lib
+
+__all__ = [
+    "AXIS",
+    "VOTE_NAMES",
+    "DEFAULT_VOTES",
+    "Vote",
+    "get_vote",
+    "hard_vote",
+    "soft_vote",
+    "soft_logits_vote",
+    "weighted_vote",
+    "rank_weights_exp2",
+    "rank_weights_topk",
+    "ranks",
+    "VoteCounts",
+    "sample_mesh",
+    "noisy_logits",
+    "sample_votes",
+    "sample_counts",
+    "vote_predictions",
+    "topk_correct",
+    "make_logits_fn",
+    "make_smoothed_probs_fn",
+]
+
+AXIS = "samples"
+VOTE_NAMES = ("hard", "soft", "soft_logits", "weighted")
+DEFAULT_VOTES = VOTE_NAMES
+
+
+# --------------------------------------------------------------------------------------------
+# Votes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Vote:
+  """A voting function: per-sample class contributions, summed over samples.
+
+  Attributes:
+    name: the vote's name (a key of :func:`sample_votes`'s result).
+    fn: ``logits (..., C) -> contributions (..., C)`` for one sample.
+    integer: contributions are integers (counts are accumulated exactly in int32).
+  """
+
+  name: str
+  fn: Callable[[jax.Array], jax.Array]
+  integer: bool = False
+
+
+def _hard(logits):
+  # argmax takes the first maximum: ties go to the lowest class id (as torch's argmax does).
+  return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.int32)
+
+
+def _soft(logits):
+  return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+
+def _soft_logits(logits):
+  return logits.astype(jnp.float32)
+
+
+hard_vote = Vote("hard", _hard, integer=True)
+soft_vote = Vote("soft", _soft)
+soft_logits_vote = Vote("soft_logits", _soft_logits)
+
+
+def ranks(logits: jax.Array) -> jax.Array:
+  """Rank of every class (0 = largest logit; ties -> the lower class id ranks first)."""
+  order = jnp.argsort(-logits, axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1, stable=True)
+
+
+def rank_weights_exp2(r: jax.Array) -> jax.Array:
+  """The reference's rank weights ``w(r) = 2^-r``."""
+  return jnp.exp2(-r.astype(jnp.float32))
+
+
+def rank_weights_topk(k: int) -> Callable[[jax.Array], jax.Array]:
+  """Top-k indicator rank weights ``w(r) = 1[r < k]`` (the paper's top-k weighting)."""
+  if k < 1:
+    raise ValueError(f"top-k weights need k >= 1, got {k}")
+
+  def w(r):
+    return (r < k).astype(jnp.float32)
+
+  w.__name__ = f"top{k}"
+  return w
+
+
+def weighted_vote(weights: Callable[[jax.Array], jax.Array] = rank_weights_exp2, *,
+                  name: str = "weighted") -> Vote:
+  """Rank-weighted vote: each sample gives the class of rank ``r`` the weight ``w(r)``.
+
+  Args:
+    weights: ``w``, a function of an integer rank array (0 = most probable) returning weights;
+      evaluated once on ``arange(C)``. Default ``2^-r`` (the reference).
+    name: the vote's name.
+  """
+
+  def fn(logits):
+    c = logits.shape[-1]
+    w = jnp.asarray(weights(jnp.arange(c)), jnp.float32).reshape(c)
+    return w[ranks(logits)]
+
+  return Vote(name, fn)
+
+
+_WEIGHTED = weighted_vote()
+_VOTES = {"hard": hard_vote, "soft": soft_vote, "soft_logits": soft_logits_vote,
+          "weighted": _WEIGHTED}
+
+
+@functools.lru_cache(maxsize=None)
+def _topk_vote(k: int) -> Vote:
+  return weighted_vote(rank_weights_topk(k), name=f"weighted_top{k}")
+
+
+def get_vote(vote: str | Vote) -> Vote:
+  """Resolves a vote name (``hard``, ``soft``, ``soft_logits``, ``weighted``, ``weighted_topK``).
+
+  Raises:
+    ValueError: on an unknown name.
+  """
+  if isinstance(vote, Vote):
+    return vote
+  if vote in _VOTES:
+    return _VOTES[vote]
+  if isinstance(vote, str) and vote.startswith("weighted_top") and vote[12:].isdigit():
+    return _topk_vote(int(vote[12:]))
+  raise ValueError(f"unknown vote {vote!r}; expected one of {', '.join(VOTE_NAMES)} "
+                   "or weighted_topK (e.g. weighted_top3)")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+class VoteCounts(dict):
+  """Accumulated votes: ``{vote name: array (len(prefixes), num_images, num_classes)}``.
+
+  ``self[name][k]`` sums the contributions of samples ``0 .. prefixes[k] - 1``. Hard votes are
+  int32 counts; the others float32 sums (divide by ``n`` for means: the argmax is the same).
+  """
+
+  def __init__(self, votes: Mapping[str, np.ndarray], prefixes: Sequence[int]):
+    super().__init__(votes)
+    self.prefixes = tuple(int(p) for p in prefixes)
+
+  def predictions(self, vote: str) -> np.ndarray:
+    """Smoothed predictions ``(len(prefixes), num_images)`` (ties -> lowest class id)."""
+    return vote_predictions(self[vote])
+
+  def accuracy(self, vote: str, labels) -> np.ndarray:
+    """Top-1 accuracy per prefix."""
+    return (self.predictions(vote) == np.asarray(labels)[None]).mean(-1)
+
+  def top5(self, vote: str, labels) -> np.ndarray:
+    """Top-5 accuracy per prefix (from the same votes)."""
+    return topk_correct(self[vote], labels, k=5).mean(-1)
+
+
+def vote_predictions(votes) -> np.ndarray:
+  """Argmax over the last axis, ties -> lowest class id."""
+  return np.argmax(np.asarray(votes), axis=-1)
+
+
+def topk_correct(votes, labels, *, k: int = 5) -> np.ndarray:
+  """Whether the label is among the ``k`` classes with the most votes (ties -> lower class id).
+
+  Args:
+    votes: ``(..., N, C)`` accumulated votes.
+    labels: ``(N,)`` integer labels.
+    k: how many classes count.
+
+  Returns:
+    Boolean array ``votes.shape[:-1]``.
+  """
+  votes = np.asarray(votes)
+  labels = np.asarray(labels)
+  v_y = np.take_along_axis(votes, np.broadcast_to(labels[..., None], votes.shape[:-1] + (1,)),
+                           -1)
+  cls = np.arange(votes.shape[-1])
+  # Classes ranked before the label: strictly more votes, or as many and a lower class id.
+  before = (votes > v_y) | ((votes == v_y) & (cls < labels[..., None]))
+  return before.sum(-1) < k
+
+
+# --------------------------------------------------------------------------------------------
+# The noisy forward pass
+# --------------------------------------------------------------------------------------------
+
+
+def _split(model) -> tuple[nnx.GraphDef, nnx.State]:
+  if isinstance(model, tuple):
+    return model
+  return nnx.split(model)
+
+
+def _as_key(key) -> jax.Array:
+  if isinstance(key, (int, np.integer)):
+    return jax.random.key(int(key))
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(key)
+  return key
+
+
+def _resolve_sigma(cfg: models_lib.ModelConfig, sigma, sigma_space) -> tuple[float, str]:
+  if sigma is None:
+    sigma = cfg.noise.input_sigma
+    sigma_space = sigma_space or cfg.noise.sigma_space
+  sigma_space = sigma_space or "pixel"
+  if sigma_space not in ("pixel", "normalized"):
+    raise ValueError(f"sigma_space must be 'pixel' or 'normalized', got {sigma_space!r}")
+  sigma = float(sigma)
+  if not sigma >= 0 or not math.isfinite(sigma):
+    raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+  return sigma, sigma_space
+
+
+def _input_noise(kin: jax.Array, x: jax.Array, index: jax.Array, scale: jax.Array) -> jax.Array:
+  """``x + scale * normal(fold_in(kin, index))`` per image; ``index`` has ``x.shape[:-3]``."""
+  flat_idx = jnp.reshape(index, (-1,))
+  keys = jax.vmap(lambda i: jax.random.fold_in(kin, i))(flat_idx)
+  eta = jax.vmap(lambda k: jax.random.normal(k, x.shape[-3:], x.dtype))(keys)
+  return x + scale.astype(x.dtype) * eta.reshape(x.shape)
+
+
+def _forward(model, x: jax.Array, key: jax.Array, model_noise: bool) -> jax.Array:
+  """Eval-mode logits of a batch ``x`` (already noisy); ``key`` drives the model's own noise."""
+  if model_noise:
+    return model(x, key=key, sigma=0, train=False)
+  return model(x, noise=False, train=False)
+
+
+def noisy_logits(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, key: jax.Array,
+                 index: jax.Array, sigma, *, sigma_space: str = "pixel",
+                 model_noise: bool | None = None, input_noise: bool = True) -> jax.Array:
+  """Logits of one Monte-Carlo sample for a batch of images (pure, jittable).
+
+  Args:
+    graphdef, state: the model (``nnx.split``).
+    x: ``(B, H, W, 3)`` images in [0, 1].
+    key: the sample's key (``fold_in(run_key, s)``); drives the model's weight / activation
+      noise; ``fold_in(key, 0)`` folded with each image's ``index`` drives its input noise.
+    index: ``(B,)`` integer array: each image's global index.
+    sigma: input-noise std in ``sigma_space`` units (a scalar, may be traced).
+    sigma_space: ``"pixel"`` or ``"normalized"``.
+    model_noise: whether to run the model's own weight / activation noise (default: whether
+      the model has any).
+    input_noise: ``False`` skips the input noise (for ``sigma == 0``).
+
+  Returns:
+    Logits ``(B, num_classes)``.
+  """
+  model = nnx.merge(graphdef, state)
+  cfg = model.config
+  if model_noise is None:
+    model_noise = cfg.noise.any_model_noise
+  if input_noise:
+    scale = noise_lib.input_noise_scale(sigma, sigma_space, cfg.std)
+    x = _input_noise(jax.random.fold_in(key, 0), x, index, scale)
+  return _forward(model, x, key, model_noise)
+
+
+def graphdef_config(graphdef: nnx.GraphDef, state: nnx.State) -> models_lib.ModelConfig:
+  """The :class:`ModelConfig` of a split model."""
+  return nnx.merge(graphdef, state).config
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded chunk runner
+# --------------------------------------------------------------------------------------------
+
+
+def sample_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A one-axis mesh ``("samples",)`` over ``devices`` (default: all devices, every host)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh((len(devices),), (AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group: int,
+                  model_noise: bool, input_noise: bool, sigma_space: str,
+                  unroll: int | bool):
+  """Jitted ``(state, x, index, key, sigma, start, prefixes, acc) -> acc``.
+
+  Each device runs ``steps`` forward passes of ``group`` samples (group > 1 only without model
+  noise: images x samples in one batch) for the global samples
+  ``start + device * steps * group + j``; ``acc`` holds one partial sum per device.
+  """
+  per_device = steps * group
+  P = jax.sharding.PartitionSpec
+
+  def local(state, x, index, key, sigma, start, prefixes, acc):
+    model = nnx.merge(graphdef, state)
+    scale = noise_lib.input_noise_scale(sigma, sigma_space, model.config.std)
+    base = start + jax.lax.axis_index(AXIS) * per_device
+
+    def body(acc, j):
+      s = base + j * group + jnp.arange(group)  # global sample indices of this step
+      keys = jax.vmap(lambda si: jax.random.fold_in(key, si))(s)
+      if group == 1:
+        xn = x
+        if input_noise:
+          xn = _input_noise(jax.random.fold_in(keys[0], 0), x, index, scale)
+        logits = _forward(model, xn, keys[0], model_noise)[None]
+      else:
+        # No model noise: samples differ only by their input noise; one images x samples batch.
+        xg = jnp.broadcast_to(x, (group,) + x.shape)
+        xn = jax.vmap(lambda k, xx: _input_noise(jax.random.fold_in(k, 0), xx, index, scale))(
+            keys, xg)
+        logits = _forward(model, xn.reshape((-1,) + x.shape[1:]), None, False)
+        logits = logits.reshape((group, x.shape[0], logits.shape[-1]))
+      mask = s[None, :] < prefixes[:, None]  # (K, group)
+      new = []
+      for v, a in zip(votes, acc):
+        c = v.fn(logits)  # (group, B, C)
+        m = mask.astype(c.dtype)
+        new.append(a + jnp.sum(m[:, :, None, None] * c[None], axis=1)[None])
+      return tuple(new), None
+
+    acc, _ = jax.lax.scan(body, acc, jnp.arange(steps), unroll=unroll)
+    return acc
+
+  rep = P()
+  fn = jax.shard_map(local, mesh=mesh,
+                     in_specs=(rep, rep, rep, rep, rep, rep, rep, P(AXIS)),
+                     out_specs=P(AXIS), check_vma=False)
+  return jax.jit(fn, donate_argnums=(7,))
+
+
+@functools.lru_cache(maxsize=64)
+def _deterministic_runner(graphdef, votes: tuple[Vote, ...]):
+  """Jitted ``(state, x, prefixes) -> acc``: no noise at all, every sample is the same."""
+
+  def f(state, x, prefixes):
+    logits = models_lib.apply(graphdef, state, x, noise=False)
+    out = []
+    for v in votes:
+      c = v.fn(logits)
+      out.append(prefixes.astype(c.dtype)[:, None, None] * c[None])
+    return tuple(out)
+
+  return jax.jit(f)
+
+
+@functools.lru_cache(maxsize=64)
+def _reducer(mesh):
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda acc: tuple(a.sum(0) for a in acc), out_shardings=rep)
+
+
+def _put(mesh, a, spec=None):
+  return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec or jax.sharding.PartitionSpec()))
+
+
+def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
+                 num_samples: int | None = None, prefixes: Iterable[int] | None = None,
+                 votes: Sequence[str | Vote] = DEFAULT_VOTES, batch_size: int = 256,
+                 indices=None, mesh: jax.sharding.Mesh | None = None,
+                 steps_per_call: int = 4, unroll: int | bool = 1,
+                 model_noise: bool | None = None,
+                 progress: Callable[[int], Any] | None = None) -> VoteCounts:
+  """Monte-Carlo votes of a smoothed classifier, for every prefix ``n`` in one pass.
+
+  Args:
+    key: PRNG key (or int seed) of this evaluation.
+    model: an NNX model, or its ``(graphdef, state)``.
+    x: ``(N, H, W, 3)`` images in [0, 1] (float, or uint8 0..255).
+    sigma: Gaussian input-noise std in ``sigma_space`` units; ``None`` = the model's own
+      ``config.noise.input_sigma``.
+    sigma_space: ``"pixel"`` (default) or ``"normalized"`` (after per-channel normalisation).
+    num_samples: ``n_max`` (default ``max(prefixes)``).
+    prefixes: sample counts ``n`` to report (default ``(num_samples,)``); all are prefixes of
+      the same ``n_max`` samples.
+    votes: vote names or :class:`Vote` objects.
+    batch_size: images x samples per forward pass: the image chunk is ``min(N, batch_size)``
+      images; without model noise, ``batch_size // chunk`` samples share a forward pass.
+    indices: ``(N,)`` global indices of the images (default ``arange(N)``); they select each
+      image's input noise, so a subset of a dataset gets the same noise as in the full run.
+    mesh: a one-axis ``("samples",)`` mesh (default: :func:`sample_mesh` over all devices).
+    steps_per_call: forward passes per device per jitted call (one progress update each).
+    unroll: ``lax.scan`` unroll of those steps.
+    model_noise: run the model's own weight / activation noise (default: when it has any).
+    progress: called with the number of image-samples done after each call.
+
+  Returns:
+    :class:`VoteCounts`: ``{vote: (len(prefixes), N, num_classes)}`` numpy arrays.
+
+  Raises:
+    ValueError: on a bad sigma, sample count, prefix or vote.
+  """
+  key = _as_key(key)
+  graphdef, state = _split(model)
+  cfg = graphdef_config(graphdef, state)
+  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
+  if prefixes is None:
+    if num_samples is None:
+      raise ValueError("pass num_samples or prefixes")
+    prefixes = (num_samples,)
+  prefixes = sorted({int(p) for p in prefixes})
+  if not prefixes or prefixes[0] < 1:
+    raise ValueError(f"sample counts must be positive integers, got {prefixes}")
+  n_max = int(num_samples) if num_samples is not None else prefixes[-1]
+  if n_max < prefixes[-1]:
+    raise ValueError(f"num_samples={n_max} is smaller than the largest prefix {prefixes[-1]}")
+  vote_objs = tuple(get_vote(v) for v in votes)
+  names = [v.name for v in vote_objs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"duplicate votes {names}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if model_noise is None:
+    model_noise = cfg.noise.any_model_noise
+
+  x = np.asarray(x) if not isinstance(x, jax.Array) else x
+  if x.dtype == np.uint8:
+    x = np.asarray(x, np.float32) / 255.0
+  num = x.shape[0]
+  if indices is None:
+    indices = np.arange(num, dtype=np.int32)
+  indices = np.asarray(indices, np.int32)
+  if indices.shape != (num,):
+    raise ValueError(f"indices must have shape ({num},), got {indices.shape}")
+  c = cfg.num_classes
+  pref = np.asarray(prefixes, np.int32)
+  out = {v.name: np.zeros((len(pref), num, c), np.int32 if v.integer else np.float32)
+         for v in vote_objs}
+  if num == 0:
+    return VoteCounts(out, prefixes)
+
+  chunk = min(num, batch_size)
+  deterministic = (sigma == 0) and not model_noise
+  if deterministic:
+    run = _deterministic_runner(graphdef, vote_objs)
+    for lo in range(0, num, chunk):
+      xb = _pad(np.asarray(x[lo:lo + chunk], np.float32), chunk)
+      res = run(state, xb, pref)
+      hi = min(lo + chunk, num)
+      for v, r in zip(vote_objs, res):
+        out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
+      if progress is not None:
+        progress((hi - lo) * n_max)
+    return VoteCounts(out, prefixes)
+
+  mesh = sample_mesh() if mesh is None else mesh
+  n_dev = mesh.devices.size
+  per_dev_needed = -(-n_max // n_dev)
+  group = 1 if model_noise else max(1, min(batch_size // chunk, per_dev_needed))
+  steps = max(1, min(steps_per_call, -(-per_dev_needed // group)))
+  per_call = n_dev * steps * group
+  run = _chunk_runner(graphdef, mesh, vote_objs, steps=steps, group=group,
+                      model_noise=bool(model_noise), input_noise=sigma != 0,
+                      sigma_space=sigma_space, unroll=unroll)
+  reduce = _reducer(mesh)
+  state_d = _put(mesh, state)
+  key_d = _put(mesh, key)
+  sigma_d = _put(mesh, np.float32(sigma))
+  pref_d = _put(mesh, pref)
+  for lo in range(0, num, chunk):
+    hi = min(lo + chunk, num)
+    xb = _put(mesh, _pad(np.asarray(x[lo:hi], np.float32), chunk))
+    ib = _put(mesh, _pad(indices[lo:hi], chunk))
+    acc = tuple(
+        _put(mesh, np.zeros((n_dev, len(pref), chunk, c), np.int32 if v.integer else np.float32),
+             jax.sharding.PartitionSpec(AXIS)) for v in vote_objs)
+    for start in range(0, n_max, per_call):
+      acc = run(state_d, xb, ib, key_d, sigma_d, _put(mesh, np.int32(start)), pref_d, acc)
+      if progress is not None:
+        jax.block_until_ready(acc)
+        progress((hi - lo) * min(per_call, n_max - start))
+    res = reduce(acc)
+    for v, r in zip(vote_objs, res):
+      out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
+  return VoteCounts(out, prefixes)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+  if a.shape[0] == size:
+    return a
+  pad = np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)
+  return np.concatenate([a, pad])
+
+
+def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
+                  num_samples: int, batch_size: int = 256, indices=None,
+                  mesh: jax.sharding.Mesh | None = None,
+                  progress: Callable[[int], Any] | None = None, **kw) -> np.ndarray:
+  """Hard-vote counts ``(N, num_classes)`` (int) of ``num_samples`` noisy predictions per image.
+
+  The ``sample_noise`` of Cohen et al.; see :func:`sample_votes` for the arguments.
+  """
+  votes = sample_votes(key, model, x, sigma=sigma, sigma_space=sigma_space,
+                       num_samples=num_samples, votes=("hard",), batch_size=batch_size,
+                       indices=indices, mesh=mesh, progress=progress, **kw)
+  return votes["hard"][0]
+
+
+# --------------------------------------------------------------------------------------------
+# Pure functions for attacks
+# --------------------------------------------------------------------------------------------
+
+
+def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None
+                   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``logits_fn(x, key) -> logits``: one noisy forward pass, pure and differentiable.
+
+  ``key`` drives all of the model's noise including the input noise at ``sigma`` (image ``b``
+  of the batch gets ``fold_in(fold_in(key, 0), b)``, as in :func:`sample_votes`).
+  """
+  graphdef, state = _split(model)
+  cfg = graphdef_config(graphdef, state)
+  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
+  model_noise = cfg.noise.any_model_noise
+
+  def logits_fn(x, key):
+    key = _as_key(key)
+    idx = jnp.arange(x.shape[0], dtype=jnp.int32)
+    return noisy_logits(graphdef, state, x, key, idx, sigma, sigma_space=sigma_space,
+                        model_noise=model_noise, input_noise=sigma != 0)
+
+  return logits_fn
+
+
+def make_smoothed_probs_fn(model, *, sigma=None, sigma_space: str | None = None,
+                           num_samples: int, vote: str | Vote = "hard",
+                           unroll: int | bool = 1) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``probs_fn(x, key) -> (B, C)`` vote frequencies of an ``num_samples``-sample prediction.
+
+  Pure JAX (jittable, one ``lax.scan`` over samples, images batched inside), for score-based
+  black-box attacks such as NAttack. Sample ``s`` uses ``fold_in(key, s)`` as in
+  :func:`sample_votes` (image ``b`` of the batch has index ``b``). The result is the summed
+  votes divided by ``num_samples`` (for ``hard``: the fraction of samples voting each class).
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  graphdef, state = _split(model)
+  cfg = graphdef_config(graphdef, state)
+  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
+  v = get_vote(vote)
+  model_noise = cfg.noise.any_model_noise
+
+  def probs_fn(x, key):
+    key = _as_key(key)
+    idx = jnp.arange(x.shape[0], dtype=jnp.int32)
+    if sigma == 0 and not model_noise:  # no noise at all: every sample is the same
+      return v.fn(models_lib.apply(graphdef, state, x, noise=False)).astype(jnp.float32)
+
+    def body(acc, s):
+      logits = noisy_logits(graphdef, state, x, jax.random.fold_in(key, s), idx, sigma,
+                            sigma_space=sigma_space, model_noise=model_noise,
+                            input_noise=sigma != 0)
+      return acc + v.fn(logits).astype(jnp.float32), None
+
+    acc0 = jnp.zeros((x.shape[0], cfg.num_classes), jnp.float32)
+    acc, _ = jax.lax.scan(body, acc0, jnp.arange(num_samples), unroll=unroll)
+    return acc / num_samples
+
+  return probs_fn

@@ -1,0 +1,224 @@
+"""Tests of smoothjax.smoothing: votes, prefix counts, chunking / device invariance, statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from smoothjax import models, smoothing
+from tiny_model import TinyLinear, images as _images
+
+
+def _mesh1():
+  return smoothing.sample_mesh(jax.devices()[:1])
+
+
+# ----------------------------------------------------------------------------- votes vs NumPy
+
+
+def _np_votes(logits):
+  """Per-sample contributions of every vote, written directly in NumPy."""
+  s, b, c = logits.shape
+  out = {}
+  hard = np.zeros_like(logits)
+  for i in range(s):
+    for j in range(b):
+      hard[i, j, int(np.argmax(logits[i, j]))] = 1  # first max = lowest class id
+  out["hard"] = hard
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  out["soft"] = e / e.sum(-1, keepdims=True)
+  out["soft_logits"] = logits
+  w = np.zeros_like(logits)
+  top2 = np.zeros_like(logits)
+  for i in range(s):
+    for j in range(b):
+      # rank 0 = largest; ties -> lower class id first
+      order = sorted(range(c), key=lambda k: (-logits[i, j, k], k))
+      for r, k in enumerate(order):
+        w[i, j, k] = 2.0 ** -r
+        top2[i, j, k] = float(r < 2)
+  out["weighted"] = w
+  out["weighted_top2"] = top2
+  return out
+
+
+def test_votes_match_numpy_on_fixed_logits():
+  rng = np.random.RandomState(0)
+  logits = np.round(rng.randn(6, 5, 7) * 2).astype(np.float32)  # rounding creates ties
+  ref = _np_votes(logits)
+  for name, want in ref.items():
+    got = np.asarray(smoothing.get_vote(name).fn(jnp.asarray(logits)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_user_weight_function_and_unknown_vote():
+  logits = jnp.asarray([[3.0, 1.0, 2.0]])
+  v = smoothing.weighted_vote(lambda r: 10.0 - r, name="lin")
+  np.testing.assert_allclose(np.asarray(v.fn(logits)), [[10.0, 8.0, 9.0]])
+  with pytest.raises(ValueError, match="unknown vote"):
+    smoothing.get_vote("median")
+
+
+def test_predictions_and_top5_tie_breaking():
+  votes = np.array([[[0, 3, 3, 1, 0, 0, 2]]])  # (K=1, N=1, C=7)
+  assert smoothing.vote_predictions(votes)[0, 0] == 1  # tie 1 vs 2 -> lowest id
+  # ranking: 1, 2, 6, 3, 0, 4, 5 -> top-5 contains 0 (tie with 4, 5 broken by id), not 4.
+  assert smoothing.topk_correct(votes, np.array([0]), k=5)[0, 0]
+  assert not smoothing.topk_correct(votes, np.array([4]), k=5)[0, 0]
+
+
+# ------------------------------------------------------------------- prefix counts vs direct
+
+
+def _direct(model, x, key, n, prefixes, sigma, indices=None):
+  """Per-sample logits from noisy_logits (sample s: fold_in(key, s)), then NumPy prefix sums."""
+  graphdef, state = nnx.split(model)
+  idx = np.arange(len(x)) if indices is None else indices
+  f = jax.jit(lambda k: smoothing.noisy_logits(graphdef, state, x, k, idx, sigma))
+  logits = np.stack([np.asarray(f(jax.random.fold_in(key, s))) for s in range(n)])
+  per = _np_votes(logits)
+  return {name: np.stack([c[:p].sum(0) for p in prefixes]) for name, c in per.items()}
+
+
+@pytest.mark.parametrize("weight_noise", [0.0, 0.3])
+def test_prefix_votes_match_direct_computation(weight_noise):
+  model = TinyLinear(weight_noise=weight_noise, scale=0.5)
+  x = _images(5)
+  key = jax.random.key(3)
+  prefixes = (1, 2, 3, 5, 8, 13)
+  votes = ("hard", "soft", "soft_logits", "weighted", "weighted_top2")
+  got = smoothing.sample_votes(key, model, x, sigma=0.3, prefixes=prefixes, votes=votes,
+                               batch_size=4, steps_per_call=2, mesh=_mesh1())
+  want = _direct(model, x, key, 13, prefixes, 0.3)
+  assert got.prefixes == prefixes
+  for name in votes:
+    assert got[name].shape == (len(prefixes), 5, 4)
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-4, err_msg=name)
+  assert got["hard"].dtype == np.int32
+  np.testing.assert_array_equal(got["hard"].sum(-1), np.array(prefixes)[:, None] + 0 * x[:, 0,
+                                                                                          0, 0])
+  # the votes actually vary across samples (a meaningful test)
+  assert (got["hard"][-1].max(-1) < 13).any()
+
+
+@pytest.mark.parametrize("weight_noise", [0.0, 0.3])
+def test_chunked_equals_unchunked_and_one_equals_eight_devices(weight_noise):
+  model = TinyLinear(weight_noise=weight_noise, scale=0.5)
+  x = _images(7)
+  key = jax.random.key(11)
+  prefixes = (1, 4, 10, 21)
+  ref = smoothing.sample_votes(key, model, x, sigma=0.5, prefixes=prefixes, batch_size=64,
+                               steps_per_call=32, mesh=_mesh1())
+  variants = [
+      dict(batch_size=3, steps_per_call=1, mesh=_mesh1()),  # image chunks of 3, 1 sample/call
+      dict(batch_size=2, steps_per_call=3),  # 8 devices, images chunked
+      dict(batch_size=64, steps_per_call=5),  # 8 devices, unchunked images
+  ]
+  assert len(jax.devices()) == 8
+  for kw in variants:
+    got = smoothing.sample_votes(key, model, x, sigma=0.5, prefixes=prefixes, **kw)
+    np.testing.assert_array_equal(got["hard"], ref["hard"], err_msg=str(kw))
+    for name in ("soft", "soft_logits", "weighted"):
+      np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-4,
+                                 err_msg=f"{name} {kw}")
+
+
+def test_indices_select_the_noise_of_a_subset():
+  model = TinyLinear(scale=0.5)
+  x = _images(6)
+  key = jax.random.key(5)
+  full = smoothing.sample_counts(key, model, x, sigma=0.5, num_samples=9)
+  sub = smoothing.sample_counts(key, model, x[3:], sigma=0.5, num_samples=9,
+                                indices=np.arange(3, 6))
+  np.testing.assert_array_equal(sub, full[3:])
+  other = smoothing.sample_counts(jax.random.key(6), model, x, sigma=0.5, num_samples=9)
+  assert not np.array_equal(other, full)
+
+
+def test_noiseless_is_deterministic_shortcut():
+  model = TinyLinear()
+  x = _images(5)
+  logits = np.asarray(model(jnp.asarray(x), noise=False))
+  got = smoothing.sample_votes(0, model, x, sigma=0.0, prefixes=(1, 3, 100))
+  want = np.eye(4, dtype=np.int32)[logits.argmax(-1)]
+  np.testing.assert_array_equal(got["hard"], np.array([1, 3, 100])[:, None, None] * want)
+
+
+def test_hard_counts_follow_the_gaussian_cdf():
+  """Two classes, logit gap linear in the input: P(class 1) = Phi(m / s) exactly."""
+  model = TinyLinear(num_classes=2, scale=0.3)
+  x = _images(4, seed=1)
+  sigma, n = 0.2, 4000
+  counts = smoothing.sample_counts(jax.random.key(0), model, x, sigma=sigma, num_samples=n,
+                                   batch_size=4096)
+  w = np.asarray(model.w[...])
+  b = np.asarray(model.b[...])
+  std = np.asarray(model.config.std)
+  xn = ((x - np.asarray(model.config.mean)) / std).reshape(4, -1)
+  gap = xn @ (w[:, 1] - w[:, 0]) + b[1] - b[0]
+  # pixel-space noise sigma -> normalised noise sigma / std_c per input
+  s = sigma * np.sqrt(((w[:, 1] - w[:, 0]) ** 2 / np.tile(std, 16) ** 2).sum())
+  p1 = stats.norm.cdf(gap / s)
+  assert ((p1 > 0.05) & (p1 < 0.95)).sum() >= 2  # informative
+  tol = 4.5 * np.sqrt(p1 * (1 - p1) / n) + 1e-3
+  np.testing.assert_array_less(np.abs(counts[:, 1] / n - p1), tol)
+
+
+def test_normalized_sigma_space_scales_noise_by_std():
+  model = TinyLinear(scale=0.5)
+  x = _images(3)
+  std = np.asarray(model.config.std)
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(0)
+  a = smoothing.noisy_logits(graphdef, state, jnp.asarray(x), key, jnp.arange(3), 0.2,
+                             sigma_space="normalized")
+  # the same draw in pixel space with per-channel std 0.2 * std_c
+  eta = np.stack([np.asarray(jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(key, 0), i), (4, 4, 3))) for i in range(3)])
+  b = model(jnp.asarray(x + 0.2 * std * eta), noise=False)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_probs_and_logits_fns_match_sampling():
+  model = TinyLinear(weight_noise=0.2, scale=0.5)
+  x = _images(5)
+  key = jax.random.key(2)
+  probs = jax.jit(smoothing.make_smoothed_probs_fn(model, sigma=0.4, num_samples=6))(x, key)
+  counts = smoothing.sample_counts(key, model, x, sigma=0.4, num_samples=6)
+  np.testing.assert_allclose(np.asarray(probs), counts / 6, atol=1e-6)
+  logits_fn = smoothing.make_logits_fn(model, sigma=0.4)
+  graphdef, state = nnx.split(model)
+  k = jax.random.fold_in(key, 4)
+  np.testing.assert_allclose(
+      np.asarray(logits_fn(jnp.asarray(x), k)),
+      np.asarray(smoothing.noisy_logits(graphdef, state, jnp.asarray(x), k, jnp.arange(5), 0.4)),
+      rtol=1e-6)
+  g = jax.grad(lambda xx: logits_fn(xx, k)[:, 0].sum())(jnp.asarray(x))
+  assert np.abs(np.asarray(g)).sum() > 0
+
+
+def test_bad_arguments():
+  model = TinyLinear()
+  x = _images(2)
+  with pytest.raises(ValueError, match="sigma"):
+    smoothing.sample_votes(0, model, x, sigma=-0.1, num_samples=2)
+  with pytest.raises(ValueError, match="positive integers"):
+    smoothing.sample_votes(0, model, x, sigma=0.1, prefixes=(0, 2))
+  with pytest.raises(ValueError, match="unknown vote"):
+    smoothing.sample_votes(0, model, x, sigma=0.1, num_samples=2, votes=("max",))
+
+
+def test_resnet20_input_noise_matches_direct():
+  """The real model, images x samples batched (no model noise), vs one forward per sample."""
+  model = models.build_model("resnet20", key=0)
+  x = np.random.RandomState(0).rand(3, 32, 32, 3).astype(np.float32)
+  key = jax.random.key(1)
+  got = smoothing.sample_votes(key, model, x, sigma=0.25, prefixes=(1, 3), batch_size=9,
+                               votes=("soft_logits",), mesh=_mesh1())
+  graphdef, state = nnx.split(model)
+  f = jax.jit(lambda k: smoothing.noisy_logits(graphdef, state, x, k, np.arange(3), 0.25))
+  logits = np.stack([np.asarray(f(jax.random.fold_in(key, s))) for s in range(3)])
+  np.testing.assert_allclose(got["soft_logits"][1], logits.sum(0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got["soft_logits"][0], logits[0], rtol=1e-4, atol=1e-4)
