@@ -1,0 +1,902 @@
+"""Checkpoints: PyTorch import of CIFAR ResNets, and orbax checkpoints of smoothjax models.
+
+Two kinds of files are read:
+
+* **PyTorch files** (``.pth``, ``.pth.tar``, ``.th``) of the CIFAR ResNets in the wild: the
+  paper's reference implementation (option-B shortcut ``layerL.B.downsample.0/1``, head ``fc``)
+  and akamaster's widely used weights (option-A zero-padding shortcut, ``module.`` prefix, head
+  ``linear``). They are read with ``torch.load(..., weights_only=True)`` only: a file whose
+  pickle would run code is refused (:class:`CheckpointError`), never loaded with
+  ``weights_only=False``. :func:`model_from_torch` detects the family, depth, shortcut and number
+  of classes from the state dict and converts the layouts (conv OIHW -> HWIO, linear
+  (out, in) -> (in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var).
+* **orbax checkpoints** written by smoothjax. A train workdir looks like::
+
+    workdir/config.json             # written by the trainer
+    workdir/checkpoints/<step>/     # the last `keep` checkpoints
+    workdir/best/<step>/            # the single best-by-validation checkpoint
+
+  and every step directory holds the items ``model`` (the model state as a pure dict of arrays),
+  ``train`` (any pytree: optimizer state, step, data position, PRNG keys), and ``meta`` (JSON:
+  ``model_config`` = :meth:`smoothjax.models.ModelConfig.to_dict`, step, metrics, ...).
+  :func:`save_model` writes one step directory with ``model`` and ``meta`` only.
+
+orbax writes a checkpoint into ``<step>.orbax-checkpoint-tmp-<timestamp>`` and renames it when
+complete, so a run killed while saving leaves a temporary directory that is never taken for a
+checkpoint (and is deleted by the next :class:`TrainCheckpointer`).
+
+Example:
+  >>> model, info = load_model("../shared/weights/akamaster/resnet20-12fca82f.th")  # doctest: +SKIP
+  >>> info["family"], info["model_config"]["arch"]                                  # doctest: +SKIP
+  ('akamaster', 'resnet20')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import pickle
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from flax import traverse_util
+
+from smoothjax import models as models_lib
+from smoothjax import noise as noise_lib
+
+__all__ = [
+    "CheckpointError",
+    "FAMILIES",
+    "TORCH_SUFFIXES",
+    "load_torch_state_dict",
+    "detect_family",
+    "parse_normalization",
+    "model_from_torch",
+    "TrainCheckpointer",
+    "save_model",
+    "load_model",
+    "model_state_dict",
+]
+
+FAMILIES = {
+    "reference": models_lib.REFERENCE_NORMALIZATION,
+    "akamaster": models_lib.AKAMASTER_NORMALIZATION,
+}
+TORCH_SUFFIXES = (".pth", ".pt", ".th", ".tar")
+
+_ITEMS = ("model", "train", "meta")
+_STEP_RE = re.compile(r"^\d+$")
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be read, is unsafe, or does not fit the requested model."""
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch import.
+
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CheckpointError(
+        "reading PyTorch checkpoints needs PyTorch: pip install 'smoothjax[torch]'") from e
+  return torch
+
+
+def _unsafe_reason(message: str) -> str:
+  """The line of a weights_only failure that names what the pickle wanted to run."""
+  for line in message.splitlines():
+    line = line.strip()
+    if "GLOBAL" in line or "Unsupported" in line:
+      return line
+  return message.strip().splitlines()[-1] if message.strip() else "unknown reason"
+
+
+def _find_state_dict(obj: Any, path: pathlib.Path) -> Mapping[str, Any]:
+  torch = _import_torch()
+
+  def is_state_dict(d):
+    return isinstance(d, Mapping) and d and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+  if is_state_dict(obj):
+    return obj
+  if isinstance(obj, Mapping):
+    for name in ("state_dict", "model_state_dict", "model", "net"):
+      if is_state_dict(obj.get(name)):
+        return obj[name]
+  keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+  raise CheckpointError(
+      f"{path}: no state dict found (expected a mapping of parameter names to tensors, or a dict "
+      f"with one under 'state_dict'); found {keys}")
+
+
+def _torch_load(path: pathlib.Path) -> Any:
+  """``torch.load(path, map_location="cpu", weights_only=True)`` with CheckpointErrors."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CheckpointError(f"PyTorch checkpoint {path} does not exist or is not a file")
+  torch = _import_torch()
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise CheckpointError(
+        f"refusing to load {path}: it is not a plain weights file, loading it would need to "
+        f"execute code from the file ({_unsafe_reason(str(e))}). Only files that load with "
+        "torch.load(weights_only=True) are accepted.") from None
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise CheckpointError(
+        f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: {first}") from e
+  return obj
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a PyTorch checkpoint's state dict as NumPy arrays, without running any code.
+
+  The file is read with ``torch.load(path, map_location="cpu", weights_only=True)``: PyTorch's
+  restricted unpickler only rebuilds tensors and plain containers. A pickle that asks for anything
+  else (e.g. a ``__reduce__`` payload calling a function) is refused.
+
+  Args:
+    path: a ``.pth``/``.pth.tar``/``.th`` file holding a state dict, or a dict with one under
+      ``state_dict`` (also ``model_state_dict``, ``model``, ``net``).
+
+  Returns:
+    ``{name: array}`` in the file's order (``num_batches_tracked`` entries included).
+
+  Raises:
+    CheckpointError: the file is missing or unreadable, holds no state dict, or would need to
+      execute code to load.
+  """
+  path = pathlib.Path(path)
+  obj = _torch_load(path)
+  sd = _find_state_dict(obj, path)
+  return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    return {k[len("module."):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def _head_name(keys) -> str | None:
+  has_fc = any(k.startswith("fc.") for k in keys)
+  has_linear = any(k.startswith("linear.") for k in keys)
+  if has_fc == has_linear:
+    return None
+  return "fc" if has_fc else "linear"
+
+
+def detect_family(state_dict: Mapping[str, Any]) -> str:
+  """The checkpoint family of a CIFAR ResNet state dict: ``'reference'`` or ``'akamaster'``.
+
+  akamaster's files name the head ``linear`` (and carry DataParallel's ``module.`` prefix); the
+  reference implementation names it ``fc`` and has ``downsample`` projection shortcuts.
+
+  Raises:
+    CheckpointError: the state dict is not one of a CIFAR ResNet of either family.
+  """
+  sd = _strip_prefix(state_dict)
+  head = _head_name(sd)
+  if head is None or "conv1.weight" not in sd or not any(k.startswith("layer1.") for k in sd):
+    sample = ", ".join(list(sd)[:6])
+    raise CheckpointError(
+        "not a CIFAR ResNet state dict of a known family (expected conv1, bn1, layer1..3 and a "
+        f"head named 'fc' (reference) or 'linear' (akamaster)); keys start with: {sample}")
+  return "reference" if head == "fc" else "akamaster"
+
+
+def parse_normalization(spec: Any = "auto", family: str | None = None
+                        ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Resolves a normalisation spec to ``(mean, std)`` (per channel, [0, 1] pixel units).
+
+  Args:
+    spec: ``"auto"`` (the family's normalisation), a family name (``"reference"``,
+      ``"akamaster"``), a string ``"MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B"``, six numbers, or a
+      pair ``(mean, std)`` of three numbers each.
+    family: the checkpoint family, for ``"auto"``.
+
+  Raises:
+    CheckpointError: on an unknown name or malformed numbers.
+  """
+  if isinstance(spec, str):
+    s = spec.strip().lower()
+    if s == "auto":
+      if family not in FAMILIES:
+        raise CheckpointError(
+            "normalization='auto' needs a known checkpoint family; give MEAN_R,MEAN_G,MEAN_B,"
+            "STD_R,STD_G,STD_B")
+      return FAMILIES[family]
+    if s in FAMILIES:
+      return FAMILIES[s]
+    try:
+      values = [float(v) for v in s.split(",")]
+    except ValueError:
+      values = []
+  else:
+    try:
+      if len(spec) == 2 and all(len(p) == 3 for p in spec):
+        values = [float(v) for part in spec for v in part]
+      else:
+        values = [float(v) for v in spec]
+    except TypeError:
+      values = []
+  if len(values) != 6 or not all(math.isfinite(v) for v in values) or min(values[3:]) <= 0:
+    raise CheckpointError(
+        f"bad normalization {spec!r}: expected 'auto', 'reference', 'akamaster' or six numbers "
+        "MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B with positive stds")
+  return tuple(values[:3]), tuple(values[3:])
+
+
+_BN_FIELDS = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
+              ("running_var", "var"))
+
+
+def _torch_layout(n: int, shortcut: str, head: str, sc_name: str):
+  """[(torch name, flax path, kind)] of a CIFAR ResNet-(6n+2), in PyTorch's order."""
+  out = [("conv1.weight", ("conv1", "kernel"), "conv")]
+  out += [(f"bn1.{t}", ("bn1", f), "bn") for t, f in _BN_FIELDS]
+  idx = 0
+  for stage in (1, 2, 3):
+    for b in range(n):
+      pre = f"layer{stage}.{b}"
+      for c in ("1", "2"):
+        out.append((f"{pre}.conv{c}.weight", ("blocks", idx, f"conv{c}", "kernel"), "conv"))
+        out += [(f"{pre}.bn{c}.{t}", ("blocks", idx, f"bn{c}", f), "bn") for t, f in _BN_FIELDS]
+      if shortcut == "B" and stage > 1 and b == 0:
+        out.append((f"{pre}.{sc_name}.0.weight", ("blocks", idx, "down_conv", "kernel"), "conv"))
+        out += [(f"{pre}.{sc_name}.1.{t}", ("blocks", idx, "down_bn", f), "bn")
+                for t, f in _BN_FIELDS]
+      idx += 1
+  out.append((f"{head}.weight", ("fc", "kernel"), "linear"))
+  out.append((f"{head}.bias", ("fc", "bias"), "bn"))
+  return out
+
+
+def _to_flax(kind: str, w: np.ndarray) -> np.ndarray:
+  if kind == "conv":
+    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+  if kind == "linear":
+    return w.T  # (out, in) -> (in, out)
+  return w
+
+
+def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  if kind == "conv":
+    h, w, i, o = flax_shape
+    return (o, i, h, w)
+  if kind == "linear":
+    return tuple(reversed(flax_shape))
+  return tuple(flax_shape)
+
+
+def _blocks_per_stage(sd: Mapping[str, Any]) -> int:
+  counts = []
+  for stage in (1, 2, 3):
+    idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+    if not idx or idx != set(range(len(idx))):
+      raise CheckpointError(
+          f"not a CIFAR ResNet state dict: layer{stage} blocks are {sorted(idx)}, expected 0..n-1")
+    counts.append(len(idx))
+  if len(set(counts)) != 1:
+    raise CheckpointError(
+        f"not a CIFAR ResNet state dict: stages have {counts} blocks, expected equal counts")
+  return counts[0]
+
+
+def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], *,
+                     arch: str | None = None, noise: Any = "none",
+                     normalization: Any = "auto", num_classes: int | None = None,
+                     key: jax.Array | int = 0) -> tuple[nnx.Module, dict]:
+  """Builds a smoothjax CIFAR ResNet holding the weights of a PyTorch checkpoint.
+
+  The family (reference / akamaster), shortcut (B if the file has projection shortcuts, else A),
+  depth (from the number of blocks per stage) and number of classes (from the head) come from the
+  state dict. Noise parameters of a noisy ``noise`` keep their initial values.
+
+  Args:
+    path_or_state_dict: a PyTorch file (read with :func:`load_torch_state_dict`) or a state dict
+      (``{name: array or tensor}``, with or without the ``module.`` prefix).
+    arch: ``resnet20`` ... ``resnet110``; default: inferred. If given, it must match the file.
+    noise: the model's noise (:class:`smoothjax.noise.NoiseConfig` or a ``--noise`` spec).
+    normalization: ``"auto"`` (the family's), or an override (see :func:`parse_normalization`).
+    num_classes: default: the head's size. If given, it must match the file.
+    key: PRNG key (or seed) of the initial values of the parameters not in the file (noise).
+
+  Returns:
+    ``(model, info)``; ``info`` has ``family``, ``arch``, ``shortcut``, ``num_classes``,
+    ``normalization`` (``{"mean", "std", "source"}``), ``model_config``, ``checkpoint`` (the
+    path, or ``None``), ``step`` (``None``), ``torch_meta`` (other scalar entries of the file's
+    dict, e.g. ``epoch``, ``best_prec1``).
+
+  Raises:
+    CheckpointError: unsafe or unreadable file, unknown layout, unexpected or missing parameters,
+      or a parameter whose shape does not fit the requested model (the message names the first).
+  """
+  checkpoint = None
+  torch_meta: dict = {}
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    checkpoint = str(path_or_state_dict)
+    obj = _torch_load(pathlib.Path(path_or_state_dict))
+    sd = _find_state_dict(obj, pathlib.Path(path_or_state_dict))
+    raw = {k: v.detach().cpu().numpy() for k, v in sd.items()}
+    torch_meta = _torch_scalars(obj)
+  elif isinstance(path_or_state_dict, Mapping):
+    raw = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+           for k, v in path_or_state_dict.items()}
+  else:
+    raise CheckpointError(
+        f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+
+  family = detect_family(raw)
+  sd = {k: v for k, v in _strip_prefix(raw).items() if not k.endswith(".num_batches_tracked")}
+  head = _head_name(sd)
+  sc_name = next((s for s in ("downsample", "shortcut")
+                  if any(f".{s}.0.weight" in k for k in sd)), None)
+  shortcut = "B" if sc_name else "A"
+  n = _blocks_per_stage(sd)
+  inferred = f"resnet{6 * n + 2}"
+  if inferred not in models_lib.ARCHS:
+    raise CheckpointError(f"checkpoint is a ResNet-{6 * n + 2}, which smoothjax does not build "
+                          f"(supported: {', '.join(models_lib.ARCHS)})")
+  if arch is not None and arch != inferred:
+    if arch not in models_lib.ARCHS:
+      raise CheckpointError(f"unknown arch {arch!r}; expected one of {', '.join(models_lib.ARCHS)}")
+    raise CheckpointError(
+        f"checkpoint is a {inferred} ({n} blocks per stage), but arch={arch!r} was requested")
+  head_w = sd.get(f"{head}.weight")
+  file_classes = int(head_w.shape[0]) if head_w is not None and head_w.ndim == 2 else None
+  if num_classes is None:
+    if file_classes is None:
+      raise CheckpointError(f"cannot infer num_classes: no 2-D '{head}.weight' in the checkpoint")
+    num_classes = file_classes
+  mean, std = parse_normalization(normalization, family)
+  try:
+    config = models_lib.ModelConfig(arch=inferred, num_classes=int(num_classes),
+                                    shortcut=shortcut, noise=noise, mean=mean, std=std)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+  layout = _torch_layout(n, shortcut, head, sc_name or "downsample")
+  # Build without running the initialisers (an eager initialiser compiles for every shape: slow
+  # on CPU); the variables that the file does not hold (noise scales) get their initial values.
+  model = _abstract_model(config)
+  covered = {fpath for _, fpath, _ in layout}
+  uncovered = [p for p in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+               if p not in covered]
+  expected = {name for name, _, _ in layout}
+  unexpected = [k for k in sd if k not in expected]
+  if unexpected:
+    more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
+    raise CheckpointError(
+        f"unexpected parameters for a {family} {inferred} (shortcut {shortcut}): "
+        f"{', '.join(unexpected[:5])}{more}")
+  state = nnx.state(model)
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+  problems = []
+  for name, fpath, kind in layout:
+    want = _torch_shape(kind, tuple(flat[fpath].shape))
+    if name not in sd:
+      problems.append(f"parameter '{name}' is missing from the checkpoint (expected shape {want})")
+    elif tuple(sd[name].shape) != want:
+      problems.append(f"parameter '{name}' has shape {tuple(sd[name].shape)} in the checkpoint, "
+                      f"but {inferred} with {num_classes} classes expects {want}")
+    else:
+      flat[fpath] = np.asarray(_to_flax(kind, sd[name]), np.float32)
+  if problems:
+    more = f" ({len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+    raise CheckpointError(f"checkpoint does not fit the model: {problems[0]}{more}")
+  if uncovered:
+    flat.update(zip(uncovered, _initial_values(config, key, uncovered)))
+  flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
+  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
+  nnx.update(model, state)
+  info = {
+      "checkpoint": checkpoint,
+      "family": family,
+      "arch": inferred,
+      "shortcut": shortcut,
+      "num_classes": int(num_classes),
+      "normalization": {"mean": list(mean), "std": list(std),
+                        "source": "auto" if normalization == "auto" else "override"},
+      "model_config": config.to_dict(),
+      "step": None,
+      "torch_meta": torch_meta,
+  }
+  return model, info
+
+
+def _abstract_model(config: models_lib.ModelConfig) -> nnx.Module:
+  """The model with ``jax.ShapeDtypeStruct`` leaves (no initialiser runs), to be filled in."""
+  model = nnx.eval_shape(lambda: models_lib.build_model(config, key=0))
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding),
+                       nnx.state(model))
+  nnx.update(model, state)
+  return model
+
+
+def _initial_values(config: models_lib.ModelConfig, key, paths: Sequence[tuple]) -> list:
+  """Initial values of some variables of a new model, computing nothing else.
+
+  Under ``jax.jit`` the unused initialisers are dead code: this compiles in well under a second
+  where an eager :func:`smoothjax.models.build_model` takes many seconds on a CPU.
+  """
+  def init():
+    model = models_lib.build_model(config, key=key)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+    return [flat[p] for p in paths]
+  return jax.jit(init)()
+
+
+def _torch_scalars(obj: Any) -> dict:
+  """Scalar entries (epoch, best_prec1, ...) of a loaded PyTorch checkpoint dict."""
+  torch = _import_torch()
+  out = {}
+  if isinstance(obj, Mapping):
+    for k, v in obj.items():
+      if isinstance(v, torch.Tensor) and v.ndim == 0:
+        v = v.item()
+      if isinstance(k, str) and isinstance(v, (int, float, str, bool)):
+        out[k] = v
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# orbax checkpoints.
+
+
+def _handlers() -> dict:
+  return {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()}
+
+
+def model_state_dict(model_or_state: Any) -> dict:
+  """The pure dict of arrays saved as the ``model`` item (from a module, State or pure dict)."""
+  if isinstance(model_or_state, nnx.Module):
+    model_or_state = nnx.state(model_or_state)
+  if isinstance(model_or_state, nnx.State):
+    return nnx.to_pure_dict(model_or_state)
+  if isinstance(model_or_state, Mapping):
+    return dict(model_or_state)
+  raise TypeError(f"expected an nnx.Module, nnx.State or dict, got {type(model_or_state)}")
+
+
+def _json_default(o):
+  if isinstance(o, (np.generic, jax.Array)) and np.ndim(o) == 0:
+    return np.asarray(o).item()
+  if isinstance(o, (np.ndarray, jax.Array)):
+    return np.asarray(o).tolist()
+  if isinstance(o, (pathlib.Path, tuple, set)):
+    return str(o) if isinstance(o, pathlib.Path) else list(o)
+  raise TypeError(f"meta value of type {type(o).__name__} is not JSON-serialisable")
+
+
+def _json_safe(meta: Mapping) -> dict:
+  try:
+    return json.loads(json.dumps(dict(meta), default=_json_default))
+  except TypeError as e:
+    raise CheckpointError(f"bad meta: {e}") from e
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _check_model_fits(saved_meta, target: dict, where: str) -> None:
+  """Compares the saved model item's tree metadata to ``target``: names the first mismatch."""
+  if saved_meta is None:
+    return
+  saved = {_path_str(p): tuple(getattr(l, "shape", ()) or ())
+           for p, l in jax.tree_util.tree_flatten_with_path(saved_meta)[0]}
+  want = {_path_str(p): tuple(l.shape if hasattr(l, "shape") else np.shape(l))
+          for p, l in jax.tree_util.tree_flatten_with_path(target)[0]}
+  for name, shape in want.items():
+    if name not in saved:
+      raise CheckpointError(
+          f"checkpoint {where} does not fit the model: parameter '{name}' (shape {shape}) is "
+          "missing from the checkpoint (different architecture or noise?)")
+    if saved[name] != shape:
+      raise CheckpointError(
+          f"checkpoint {where} does not fit the model: parameter '{name}' has shape "
+          f"{saved[name]} in the checkpoint but the model expects {shape}")
+  extra = [k for k in saved if k not in want]
+  if extra:
+    raise CheckpointError(
+        f"checkpoint {where} does not fit the model: unexpected parameter '{extra[0]}' "
+        f"({len(extra)} in all; different architecture or noise?)")
+
+
+def _fill_target(target: Any, restored: dict) -> Any:
+  """Puts the restored pure dict back in the form of ``target`` (Module, State or dict)."""
+  if isinstance(target, nnx.Module):
+    state = nnx.state(target)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(target, state)
+    return state
+  if isinstance(target, nnx.State):
+    state = jax.tree.map(lambda x: x, target)  # a copy; the target is left untouched
+    nnx.replace_by_pure_dict(state, restored)
+    return state
+  return restored
+
+
+def _np_scalars_to_arrays(tree: Any) -> Any:
+  """NumPy scalars (``np.int64(3)``), which orbax does not take, as 0-d arrays."""
+  return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)
+
+
+def _summary(e: BaseException) -> str:
+  text = (str(e).strip().splitlines() or [""])[0]
+  if len(text) > 300:
+    text = text[:300] + "..."
+  return f"{type(e).__name__}: {text}"
+
+
+def _restore_items(step_dir: pathlib.Path, *, model_target=None, train_target=None,
+                   want_model=True, want_train=False) -> dict:
+  """Restores the items of one step directory, turning orbax failures into CheckpointError."""
+  if _TMP_MARK in step_dir.name:
+    raise CheckpointError(
+        f"{step_dir} is an unfinished (half-written) checkpoint: orbax renames a checkpoint's "
+        "temporary directory only once it is complete")
+  for item in ("meta",) + (("model",) if want_model else ()) + (("train",) if want_train else ()):
+    if not (step_dir / item).is_dir():
+      raise CheckpointError(f"checkpoint {step_dir} is incomplete or corrupt: item '{item}' is "
+                            "missing")
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
+  try:
+    return _restore_with(ckptr, step_dir, model_target, train_target, want_model, want_train)
+  finally:
+    ckptr.close()
+
+
+def _restore_with(ckptr, step_dir, model_target, train_target, want_model, want_train) -> dict:
+  try:
+    meta = ckptr.restore(step_dir, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"checkpoint {step_dir} is corrupt: cannot read its meta ({_summary(e)})") from e
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"checkpoint {step_dir} is corrupt: meta is not a JSON object")
+  out = {"meta": meta}
+  if want_model:
+    try:
+      saved = ckptr.metadata(step_dir).item_metadata["model"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {step_dir} is corrupt: cannot read its model metadata ({_summary(e)})"
+      ) from e
+    _check_model_fits(saved, model_target, str(step_dir))
+  restore = {}
+  if want_model:
+    restore["model"] = ocp.args.StandardRestore(model_target)
+  if want_train:
+    restore["train"] = (ocp.args.StandardRestore(_np_scalars_to_arrays(train_target))
+                        if train_target is not None
+                        else ocp.args.StandardRestore())
+  if restore:
+    try:
+      out.update(ckptr.restore(step_dir, args=ocp.args.Composite(**restore)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {step_dir} is corrupt or does not fit the given target "
+          f"({_summary(e)})") from e
+  return out
+
+
+def _steps_in(root: pathlib.Path) -> list[int]:
+  """Finished step directories under ``root`` (temporary ``*.orbax-checkpoint-tmp*`` ignored)."""
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and _STEP_RE.match(p.name))
+
+
+class TrainCheckpointer:
+  """Keeps the last ``keep`` training checkpoints and the best one of a train workdir.
+
+  ``workdir/checkpoints/<step>/`` and ``workdir/best/<step>/`` each hold the items ``model``,
+  ``train`` and ``meta`` (see the module docstring). Saving is asynchronous: call
+  :meth:`wait_until_finished` (or :meth:`close`, or use the object as a context manager) before
+  the process exits. Temporary directories of a killed run are ignored and removed.
+
+  Args:
+    workdir: the run's directory (created if absent).
+    keep: number of most recent checkpoints kept under ``checkpoints/``.
+    save_best: whether :meth:`save` with a ``val_metric`` also keeps the best checkpoint (higher
+      is better) under ``best/``.
+
+  Example:
+    >>> ckpt = TrainCheckpointer(workdir, keep=3)                     # doctest: +SKIP
+    >>> ckpt.save(step, model_state=nnx.state(model), train_state={"opt": opt_state},
+    ...           meta={"model_config": model.config.to_dict()}, val_metric=acc)  # doctest: +SKIP
+    >>> state, train, meta = ckpt.restore(model_state_target=nnx.state(model),
+    ...                                   train_state_target={"opt": opt_state})  # doctest: +SKIP
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, save_best: bool = True):
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}")
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.save_best = save_best
+    self._mgr = self._manager(self.workdir / "checkpoints", keep, create=True)
+    best_dir = self.workdir / "best"
+    self._best_mgr = (self._manager(best_dir, 1, create=True)
+                      if save_best or best_dir.is_dir() else None)
+    self._best_value = None
+    best = self.best_step()
+    if best is not None:
+      try:
+        meta = _restore_items(best_dir / str(best), want_model=False)["meta"]
+        self._best_value = meta.get("val_metric")
+      except CheckpointError:
+        self._best_value = None  # an unreadable best checkpoint is replaced by the next best
+
+  @staticmethod
+  def _manager(directory: pathlib.Path, keep: int, *, create: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(directory, item_handlers=_handlers(), options=options)
+
+  def save(self, step: int, *, model_state: Any, train_state: Any, meta: Mapping,
+           val_metric: float | None = None, force: bool = False) -> None:
+    """Saves checkpoint ``step`` (asynchronously); also to ``best/`` when ``val_metric`` improves.
+
+    Args:
+      step: the training step (a re-save of an existing step replaces it).
+      model_state: the model (``nnx.Module``), its ``nnx.State``, or a pure dict of arrays.
+      train_state: any pytree of arrays and Python / NumPy scalars (typed PRNG keys included;
+        NumPy scalars come back as 0-d arrays).
+      meta: JSON-serialisable dict; ``step`` and ``val_metric`` are added. Record
+        ``model_config`` (``model.config.to_dict()``) so that :func:`load_model` can rebuild the
+        model (added automatically when ``model_state`` is a smoothjax model).
+      val_metric: validation metric, higher is better (``None``: not a candidate for best).
+      force: save even when the manager's policy would skip this step.
+    """
+    step = int(step)
+    meta = dict(meta)
+    if isinstance(model_state, nnx.Module) and hasattr(model_state, "config"):
+      meta.setdefault("model_config", model_state.config.to_dict())
+    meta["step"] = step
+    if val_metric is not None:
+      meta["val_metric"] = float(val_metric)
+    meta = _json_safe(meta)
+    items = {"model": ocp.args.StandardSave(model_state_dict(model_state)),
+             "meta": ocp.args.JsonSave(meta)}
+    if jax.tree.leaves(train_state):  # orbax refuses empty trees: an empty one is not saved
+      items["train"] = ocp.args.StandardSave(_np_scalars_to_arrays(train_state))
+    args = ocp.args.Composite(**items)
+    self._save(self._mgr, step, args, force)
+    if (self.save_best and val_metric is not None and math.isfinite(float(val_metric))
+        and (self._best_value is None or float(val_metric) > self._best_value)):
+      self._save(self._best_mgr, step, args, True)
+      self._best_value = float(val_metric)
+
+  @staticmethod
+  def _save(mgr: ocp.CheckpointManager, step: int, args, force: bool) -> None:
+    if step in mgr.all_steps():
+      mgr.wait_until_finished()
+      mgr.delete(step)
+    mgr.save(step, args=args, force=force)
+
+  def all_steps(self) -> list[int]:
+    """Steps kept under ``checkpoints/``."""
+    return sorted(self._mgr.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The most recent step under ``checkpoints/`` (``None`` if none)."""
+    return self._mgr.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step of the best checkpoint under ``best/`` (``None`` if none)."""
+    return None if self._best_mgr is None else self._best_mgr.latest_step()
+
+  @property
+  def best_value(self) -> float | None:
+    """The ``val_metric`` of the best checkpoint."""
+    return self._best_value
+
+  def restore(self, step: int | None = None, *, model_state_target: Any,
+              train_state_target: Any, best: bool = False) -> tuple[Any, Any, dict]:
+    """Restores a checkpoint.
+
+    Args:
+      step: the step; default: the latest (or the best one with ``best=True``).
+      model_state_target: a model (filled in place), its ``nnx.State`` (a filled copy is
+        returned) or a pure dict, of the saved structure.
+      train_state_target: a pytree of the saved structure (abstract arrays allowed), or ``None``
+        to skip the ``train`` item (an empty tree is returned as is).
+      best: read from ``best/`` instead of ``checkpoints/``.
+
+    Returns:
+      ``(model_state, train_state, meta)``; ``model_state`` has the type of the target
+      (``nnx.State`` for a module).
+
+    Raises:
+      CheckpointError: no such checkpoint, a corrupt one, or a model that does not fit.
+    """
+    self.wait_until_finished()
+    mgr = self._best_mgr if best else self._mgr
+    where = "best/" if best else "checkpoints/"
+    steps = [] if mgr is None else sorted(mgr.all_steps())
+    if step is None:
+      if not steps:
+        raise CheckpointError(f"no checkpoint in {self.workdir / where}")
+      step = steps[-1]
+    elif int(step) not in steps:
+      raise CheckpointError(f"no checkpoint of step {step} in {self.workdir / where} "
+                            f"(available: {steps})")
+    want_train = train_state_target is not None and bool(jax.tree.leaves(train_state_target))
+    out = _restore_items(pathlib.Path(mgr.directory) / str(int(step)),
+                         model_target=model_state_dict(model_state_target),
+                         train_target=train_state_target, want_model=True,
+                         want_train=want_train)
+    train = out["train"] if want_train else train_state_target
+    return (_fill_target(model_state_target, out["model"]), train, out["meta"])
+
+  def wait_until_finished(self) -> None:
+    """Blocks until every pending asynchronous save is on disk."""
+    self._mgr.wait_until_finished()
+    if self._best_mgr is not None:
+      self._best_mgr.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the managers."""
+    self._mgr.close()
+    if self._best_mgr is not None:
+      self._best_mgr.close()
+
+  def __enter__(self) -> "TrainCheckpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def save_model(directory: str | os.PathLike, model: nnx.Module, *, meta: Mapping | None = None,
+               overwrite: bool = False) -> None:
+  """Saves a model as one orbax step directory (items ``model`` and ``meta``).
+
+  Args:
+    directory: the step directory to create (its parent must exist or is created).
+    model: a smoothjax model (its :class:`~smoothjax.models.ModelConfig` goes into ``meta``).
+    meta: extra JSON-serialisable information.
+    overwrite: replace an existing directory.
+
+  Raises:
+    CheckpointError: ``directory`` exists and ``overwrite`` is false, or bad meta.
+  """
+  directory = pathlib.Path(directory).absolute()
+  if directory.exists() and not overwrite:
+    raise CheckpointError(f"{directory} already exists (pass overwrite=True to replace it)")
+  full = dict(meta or {})
+  if hasattr(model, "config"):
+    full["model_config"] = model.config.to_dict()
+  full = _json_safe(full)
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
+  ckptr.save(directory, args=ocp.args.Composite(
+      model=ocp.args.StandardSave(model_state_dict(model)), meta=ocp.args.JsonSave(full)),
+      force=overwrite)
+
+
+def _is_step_dir(p: pathlib.Path) -> bool:
+  return (p / "meta").is_dir() or (p / "model").is_dir() or (p / "_CHECKPOINT_METADATA").exists()
+
+
+def _resolve_step_dir(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, int | None]:
+  """The step directory a workdir / manager directory / step directory path designates."""
+  if _is_step_dir(path):
+    if _TMP_MARK in path.name:
+      raise CheckpointError(f"{path} is an unfinished (half-written) checkpoint")
+    s = int(path.name) if _STEP_RE.match(path.name) else None
+    if step is not None and s is not None and s != int(step):
+      raise CheckpointError(f"{path} is the checkpoint of step {s}, not of step {step}")
+    return path, s
+  roots = [path / "best", path / "checkpoints"] if (
+      (path / "checkpoints").is_dir() or (path / "best").is_dir()) else [path]
+  if step is not None:
+    for root in roots:
+      if int(step) in _steps_in(root):
+        return root / str(int(step)), int(step)
+    avail = sorted({s for r in roots for s in _steps_in(r)})
+    raise CheckpointError(f"no checkpoint of step {step} in {path} (available: {avail})")
+  for root in roots:  # the best checkpoint if one is kept, else the latest
+    steps = _steps_in(root)
+    if steps:
+      return root / str(steps[-1]), steps[-1]
+  if len(roots) == 2:
+    raise CheckpointError(f"train workdir {path} holds no finished checkpoint")
+  raise CheckpointError(
+      f"{path} is neither a PyTorch file, a train workdir (with checkpoints/ or best/), nor an "
+      "orbax checkpoint directory")
+
+
+def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any = None,
+               normalization: Any = "auto", step: int | None = None,
+               num_classes: int | None = None) -> tuple[nnx.Module, dict]:
+  """Loads a model from any checkpoint smoothjax knows (the ``--checkpoint`` rules).
+
+  Args:
+    path: a PyTorch file (``.pth``, ``.pth.tar``, ``.th``: reference or akamaster layout,
+      detected), a train workdir (its best checkpoint if one is kept, else its latest; ``step``
+      picks one), or one orbax step directory.
+    arch: required only when the checkpoint does not say; must agree with a smoothjax
+      checkpoint's recorded architecture, and with the depth of a PyTorch file.
+    noise: the model's noise spec. PyTorch files: default ``"none"``. smoothjax checkpoints record
+      their noise; a given spec must agree with it.
+    normalization: ``"auto"`` (recorded in smoothjax checkpoints; from the family for PyTorch
+      files) or an override (see :func:`parse_normalization`).
+    step: the step of a train workdir.
+    num_classes: must agree with the checkpoint if given.
+
+  Returns:
+    ``(model, info)``; ``info`` has ``checkpoint`` (the file or step directory read),
+    ``model_config`` (dict), ``family`` (``reference``, ``akamaster`` or ``smoothjax``),
+    ``step`` (``None`` for PyTorch files), ``normalization`` and, for smoothjax checkpoints,
+    ``meta``.
+
+  Raises:
+    CheckpointError: missing, unsafe, corrupt or half-written checkpoint, or one that
+      contradicts ``arch`` / ``noise`` / ``num_classes``.
+  """
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise CheckpointError(f"checkpoint {p} does not exist")
+  if p.is_file():
+    if step is not None:
+      raise CheckpointError(f"step={step} applies to train workdirs, not to the file {p}")
+    return model_from_torch(p, arch=arch, noise="none" if noise is None else noise,
+                            normalization=normalization, num_classes=num_classes)
+  step_dir, s = _resolve_step_dir(p.absolute(), step)
+  meta = _restore_items(step_dir, want_model=False)["meta"]
+  if "model_config" not in meta:
+    raise CheckpointError(f"checkpoint {step_dir} does not record its model_config in meta")
+  try:
+    config = models_lib.ModelConfig.from_dict(meta["model_config"])
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"checkpoint {step_dir} has a bad model_config: {e}") from e
+  if arch is not None and arch != config.arch:
+    raise CheckpointError(
+        f"checkpoint {step_dir} is a {config.arch}, but arch={arch!r} was requested")
+  if noise is not None:
+    try:
+      want = noise if isinstance(noise, noise_lib.NoiseConfig) else noise_lib.parse_noise(noise)
+    except ValueError as e:
+      raise CheckpointError(str(e)) from e
+    if want.spec != config.noise.spec:
+      raise CheckpointError(
+          f"checkpoint {step_dir} records noise {config.noise.spec!r}, but noise="
+          f"{want.spec!r} was requested")
+  if num_classes is not None and int(num_classes) != config.num_classes:
+    raise CheckpointError(f"checkpoint {step_dir} has {config.num_classes} classes, but "
+                          f"num_classes={num_classes} was requested")
+  source = "auto"
+  if not (isinstance(normalization, str) and normalization.strip().lower() == "auto"):
+    mean, std = parse_normalization(normalization)
+    config = config.replace(mean=mean, std=std)
+    source = "override"
+  model = _abstract_model(config)
+  target = model_state_dict(model)
+  out = _restore_items(step_dir, model_target=target, want_model=True)
+  _fill_target(model, out["model"])
+  info = {
+      "checkpoint": str(step_dir),
+      "family": "smoothjax",
+      "arch": config.arch,
+      "num_classes": config.num_classes,
+      "model_config": config.to_dict(),
+      "step": meta.get("step", s),
+      "normalization": {"mean": list(config.mean), "std": list(config.std), "source": source},
+      "meta": meta,
+  }
+  return model, info
