@@ -408,7 +408,7 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
       "shortcut": shortcut,
       "num_classes": int(num_classes),
       "normalization": {"mean": list(mean), "std": list(std),
-                        "source": "auto" if normalization == "auto" else "override"},
+                        "source": "auto" if _is_auto(normalization) else "override"},
       "model_config": config.to_dict(),
       "step": None,
       "torch_meta": torch_meta,
@@ -653,7 +653,8 @@ class TrainCheckpointer:
     """Saves checkpoint ``step`` (asynchronously); also to ``best/`` when ``val_metric`` improves.
 
     Args:
-      step: the training step (a re-save of an existing step replaces it).
+      step: the training step. Saving a step that exists replaces it; a step older than the
+        latest kept one is an error unless ``force``.
       model_state: the model (``nnx.Module``), its ``nnx.State``, or a pure dict of arrays.
       train_state: any pytree of arrays and Python / NumPy scalars (typed PRNG keys included;
         NumPy scalars come back as 0-d arrays).
@@ -661,7 +662,7 @@ class TrainCheckpointer:
         ``model_config`` (``model.config.to_dict()``) so that :func:`load_model` can rebuild the
         model (added automatically when ``model_state`` is a smoothjax model).
       val_metric: validation metric, higher is better (``None``: not a candidate for best).
-      force: save even when the manager's policy would skip this step.
+      force: save even a step older than the latest kept checkpoint.
     """
     step = int(step)
     meta = dict(meta)
@@ -676,18 +677,25 @@ class TrainCheckpointer:
     if jax.tree.leaves(train_state):  # orbax refuses empty trees: an empty one is not saved
       items["train"] = ocp.args.StandardSave(_np_scalars_to_arrays(train_state))
     args = ocp.args.Composite(**items)
-    self._save(self._mgr, step, args, force)
+    latest = self._mgr.latest_step()
+    if latest is not None and step < latest and not force:
+      raise CheckpointError(
+          f"step {step} is older than the latest checkpoint ({latest}) in "
+          f"{self.workdir / 'checkpoints'}; pass force=True to save it anyway")
+    self._save(self._mgr, step, args)
     if (self.save_best and val_metric is not None and math.isfinite(float(val_metric))
         and (self._best_value is None or float(val_metric) > self._best_value)):
-      self._save(self._best_mgr, step, args, True)
+      self._save(self._best_mgr, step, args)
       self._best_value = float(val_metric)
 
   @staticmethod
-  def _save(mgr: ocp.CheckpointManager, step: int, args, force: bool) -> None:
+  def _save(mgr: ocp.CheckpointManager, step: int, args) -> None:
     if step in mgr.all_steps():
       mgr.wait_until_finished()
       mgr.delete(step)
-    mgr.save(step, args=args, force=force)
+    # force: orbax would otherwise skip, silently, a step not newer than its latest one.
+    if not mgr.save(step, args=args, force=True):
+      raise CheckpointError(f"orbax declined to save step {step} in {mgr.directory}")
 
   def all_steps(self) -> list[int]:
     """Steps kept under ``checkpoints/``."""
@@ -821,6 +829,40 @@ def _resolve_step_dir(path: pathlib.Path, step: int | None) -> tuple[pathlib.Pat
       "orbax checkpoint directory")
 
 
+def _is_auto(normalization: Any) -> bool:
+  return isinstance(normalization, str) and normalization.strip().lower() == "auto"
+
+
+def _config_from_flags(step_dir: pathlib.Path, arch, noise, num_classes
+                       ) -> models_lib.ModelConfig:
+  """The ModelConfig of a checkpoint that does not record one: from ``arch`` and the arrays."""
+  if arch is None:
+    raise CheckpointError(
+        f"checkpoint {step_dir} does not record its model_config in meta: pass arch=...")
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
+  try:
+    saved = ckptr.metadata(step_dir).item_metadata["model"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"checkpoint {step_dir} is corrupt: cannot read its model metadata ({_summary(e)})"
+    ) from e
+  finally:
+    ckptr.close()
+  shapes = {_path_str(p): getattr(l, "shape", None)
+            for p, l in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  if num_classes is None:
+    head = shapes.get("fc/bias")
+    if not head:
+      raise CheckpointError(f"checkpoint {step_dir}: no 'fc/bias' to infer num_classes from")
+    num_classes = int(head[0])
+  shortcut = "B" if any("/down_conv/" in k for k in shapes) else "A"
+  try:
+    return models_lib.ModelConfig(arch=arch, num_classes=int(num_classes), shortcut=shortcut,
+                                  noise="none" if noise is None else noise)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+
+
 def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any = None,
                normalization: Any = "auto", step: int | None = None,
                num_classes: int | None = None) -> tuple[nnx.Module, dict]:
@@ -830,10 +872,12 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
     path: a PyTorch file (``.pth``, ``.pth.tar``, ``.th``: reference or akamaster layout,
       detected), a train workdir (its best checkpoint if one is kept, else its latest; ``step``
       picks one), or one orbax step directory.
-    arch: required only when the checkpoint does not say; must agree with a smoothjax
-      checkpoint's recorded architecture, and with the depth of a PyTorch file.
-    noise: the model's noise spec. PyTorch files: default ``"none"``. smoothjax checkpoints record
-      their noise; a given spec must agree with it.
+    arch: required only when the checkpoint does not say (an orbax checkpoint without
+      ``model_config``: then ``num_classes`` and the shortcut come from its arrays and the
+      normalisation, unless given, is the reference's); must agree with a smoothjax checkpoint's
+      recorded architecture, and with the depth of a PyTorch file.
+    noise: the model's noise spec. PyTorch files and checkpoints without ``model_config``:
+      default ``"none"``. smoothjax checkpoints record their noise; a given spec must agree.
     normalization: ``"auto"`` (recorded in smoothjax checkpoints; from the family for PyTorch
       files) or an override (see :func:`parse_normalization`).
     step: the step of a train workdir.
@@ -859,12 +903,14 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
                             normalization=normalization, num_classes=num_classes)
   step_dir, s = _resolve_step_dir(p.absolute(), step)
   meta = _restore_items(step_dir, want_model=False)["meta"]
-  if "model_config" not in meta:
-    raise CheckpointError(f"checkpoint {step_dir} does not record its model_config in meta")
-  try:
-    config = models_lib.ModelConfig.from_dict(meta["model_config"])
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f"checkpoint {step_dir} has a bad model_config: {e}") from e
+  recorded = "model_config" in meta
+  if recorded:
+    try:
+      config = models_lib.ModelConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as e:
+      raise CheckpointError(f"checkpoint {step_dir} has a bad model_config: {e}") from e
+  else:
+    config = _config_from_flags(step_dir, arch, noise, num_classes)
   if arch is not None and arch != config.arch:
     raise CheckpointError(
         f"checkpoint {step_dir} is a {config.arch}, but arch={arch!r} was requested")
@@ -880,8 +926,8 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
   if num_classes is not None and int(num_classes) != config.num_classes:
     raise CheckpointError(f"checkpoint {step_dir} has {config.num_classes} classes, but "
                           f"num_classes={num_classes} was requested")
-  source = "auto"
-  if not (isinstance(normalization, str) and normalization.strip().lower() == "auto"):
+  source = "auto" if recorded else "default (not recorded: the reference's)"
+  if not _is_auto(normalization):
     mean, std = parse_normalization(normalization)
     config = config.replace(mean=mean, std=std)
     source = "override"

@@ -147,6 +147,33 @@ def test_keep_last_k_and_best(tmp_path):
   assert os.listdir(tmp_path / "best") == ["7"]
 
 
+def test_older_step_needs_force_and_resave_replaces(tmp_path):
+  with checkpoints.TrainCheckpointer(tmp_path, keep=3, save_best=False) as ckpt:
+    ckpt.save(5, model_state=_tiny(5), train_state={"s": 5}, meta={})
+    with pytest.raises(CheckpointError, match="older than the latest checkpoint"):
+      ckpt.save(3, model_state=_tiny(3), train_state={"s": 3}, meta={})
+    ckpt.save(3, model_state=_tiny(3), train_state={"s": 3}, meta={}, force=True)
+    ckpt.save(5, model_state=_tiny(50), train_state={"s": 50}, meta={})  # replaces step 5
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [3, 5]
+    model, train, _ = ckpt.restore(5, model_state_target=_tiny(0), train_state_target={"s": 0})
+  assert train == {"s": 50} and float(model["b"]["0"]) == 50.0
+
+
+def test_load_model_without_recorded_config_needs_arch(tmp_path):
+  m = _random_model(num_classes=7, shortcut="A")
+  with checkpoints.TrainCheckpointer(tmp_path, save_best=False) as ckpt:
+    ckpt.save(1, model_state=nnx.to_pure_dict(nnx.state(m)), train_state={}, meta={})
+  with pytest.raises(CheckpointError, match="does not record its model_config.*arch"):
+    checkpoints.load_model(tmp_path)
+  loaded, info = checkpoints.load_model(tmp_path, arch="resnet20")
+  assert (loaded.config.num_classes, loaded.config.shortcut) == (7, "A")
+  assert info["normalization"]["source"].startswith("default")
+  _leaves_equal(nnx.state(loaded), nnx.state(m))
+  with pytest.raises(CheckpointError, match="alpha.*missing"):
+    checkpoints.load_model(tmp_path, arch="resnet20", noise="pni_w")
+
+
 def test_save_best_false_and_empty_workdir(tmp_path):
   with checkpoints.TrainCheckpointer(tmp_path, keep=1, save_best=False) as ckpt:
     assert ckpt.latest_step() is None and ckpt.best_step() is None
