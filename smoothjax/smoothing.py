@@ -513,6 +513,8 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   group = 1 if model_noise else max(1, min(batch_size // chunk, per_dev_needed))
   steps = max(1, min(steps_per_call, -(-per_dev_needed // group)))
   per_call = n_dev * steps * group
+  # (an int: True == 1 as a cache key)
+  unroll = steps if unroll is True else max(1, min(int(unroll), steps))
   run = _chunk_runner(graphdef, mesh, vote_objs, steps=steps, group=group,
                       model_noise=bool(model_noise), input_noise=sigma != 0,
                       sigma_space=sigma_space, unroll=unroll)

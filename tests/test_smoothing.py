@@ -210,6 +210,7 @@ def test_bad_arguments():
     smoothing.sample_votes(0, model, x, sigma=0.1, num_samples=2, votes=("max",))
 
 
+@pytest.mark.slow
 def test_resnet20_input_noise_matches_direct():
   """The real model, images x samples batched (no model noise), vs one forward per sample."""
   model = models.build_model("resnet20", key=0)

@@ -1,0 +1,729 @@
+"""The evaluation driver behind ``python -m evaluate`` (callable from a notebook too).
+
+One evaluation = a checkpoint, a dataset split, a list of sigmas, a list of sample counts ``n``
+and votes; optionally an attack and Cohen et al.'s certification. For every sigma and repeat
+(a *point*), the smoothed votes for every ``n`` and every vote come from one Monte-Carlo pass
+of ``max(n)`` samples (:func:`smoothjax.smoothing.sample_votes`); adversarial examples are
+crafted once per point and voted on for every ``n``.
+
+Workdir layout (CONTRACT.md)::
+
+  results.json, results.csv   flat records (one per vote x n x sigma x attack, + certify rows)
+  plots/*.png                 accuracy vs n (per vote), accuracy vs sigma, certified accuracy
+  certify.tsv                 per-image CERTIFY output (index, label, predict, radius, correct)
+  sanity_checks.json          gradient-masking checks (``--sanity_checks``)
+  points/<fingerprint>/       resume state: one JSON file per finished point
+
+Every file is written atomically (temporary file + ``os.replace``), so a killed run leaves only
+finished points behind; rerunning the same command skips them (the fingerprint covers every
+setting that changes the results: a different command never reuses stale points).
+
+Keys: ``root = key(seed)``; repeat ``r`` evaluates with ``fold_in(fold_in(root, 0), r)``
+(clean votes: ``fold_in(., 0)``, attack: ``fold_in(., 1)``, votes on adversarial examples:
+``fold_in(., 2)``, sanity checks: ``fold_in(., 3)``), the same for every sigma (common random
+numbers make curves smooth in sigma); certification uses ``fold_in(root, 1)``.
+
+Example (a notebook)::
+
+  from smoothjax import evaluation
+  settings = evaluation.EvalSettings(
+      checkpoint="../shared/weights/siam/resnet20_regular_model_best.pth.tar",
+      dataset="npz:../shared/data/cifar10_lossless_3k.npz", limit=200,
+      sigmas=(0.12,), ns=(1, 4, 16, 64), workdir="runs/eval_siam")
+  records = evaluation.run(settings)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fractions
+import hashlib
+import importlib
+import inspect
+import io
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from smoothjax import certify as certify_lib
+from smoothjax import models as models_lib
+from smoothjax import noise as noise_lib
+from smoothjax import smoothing
+
+__all__ = [
+    "EvaluationError",
+    "ATTACKS",
+    "SPLITS",
+    "CERTIFY_RADII",
+    "DEFAULT_NS",
+    "EvalSettings",
+    "parse_float",
+    "parse_float_list",
+    "parse_int_list",
+    "parse_normalization",
+    "validate",
+    "prepare",
+    "run",
+]
+
+ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack")
+SPLITS = ("test", "train", "val", "train_full")
+NORMS = ("linf", "l2")
+CERTIFY_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 2.0)
+DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_MULTI_SAMPLE_ATTACKS = ("epgd", "smoothadv", "pgd_s")
+RECORD_FIELDS = ("vote", "n", "sigma", "sigma_space", "attack", "eps", "steps",
+                 "attack_samples", "accuracy", "accuracy_std", "top5", "repeats", "num_images",
+                 "seed", "checkpoint")
+_VERSION = 1  # bump when the meaning of saved points changes
+
+
+class EvaluationError(ValueError):
+  """Bad evaluation input (flag value, checkpoint, dataset); the message names the problem."""
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def parse_float(s: Any, *, name: str = "value") -> float:
+  """A float, also written as a fraction (``8/255``).
+
+  Raises:
+    EvaluationError: not a finite number.
+  """
+  if isinstance(s, (int, float)) and not isinstance(s, bool):
+    v = float(s)
+  else:
+    text = str(s).strip()
+    try:
+      if "/" in text:
+        num, den = text.split("/")
+        v = float(fractions.Fraction(num.strip()) / fractions.Fraction(den.strip()))
+      else:
+        v = float(text)
+    except (ValueError, ZeroDivisionError):
+      raise EvaluationError(f"{name}: {s!r} is not a number (fractions like 8/255 are fine)"
+                            ) from None
+  if not math.isfinite(v):
+    raise EvaluationError(f"{name}: {s!r} is not a finite number")
+  return v
+
+
+def parse_float_list(s: Any, *, name: str = "value") -> tuple[float, ...]:
+  """Comma-separated floats (fractions allowed)."""
+  if isinstance(s, (list, tuple)):
+    items = list(s)
+  else:
+    items = [p for p in str(s).split(",")]
+  if not items or any(str(p).strip() == "" for p in items):
+    raise EvaluationError(f"{name}: {s!r} is not a comma-separated list of numbers")
+  return tuple(parse_float(p, name=name) for p in items)
+
+
+def parse_int_list(s: Any, *, name: str = "value") -> tuple[int, ...]:
+  """Comma-separated positive integers.
+
+  Raises:
+    EvaluationError: an item is not a positive integer.
+  """
+  items = list(s) if isinstance(s, (list, tuple)) else str(s).split(",")
+  out = []
+  for p in items:
+    text = str(p).strip()
+    try:
+      v = int(text)
+    except ValueError:
+      v = None
+    if v is None or v < 1:
+      raise EvaluationError(f"{name}: {s!r} must be a comma-separated list of positive integers "
+                            f"({text!r} is not one)")
+    out.append(v)
+  if not out:
+    raise EvaluationError(f"{name}: empty list")
+  return tuple(out)
+
+
+def parse_normalization(spec: str | None):
+  """``auto`` (-> ``"auto"``) or ``MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B`` -> (mean, std)."""
+  if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+    return "auto"
+  if isinstance(spec, str) and spec.strip().lower() in ("reference", "akamaster"):
+    return {"reference": models_lib.REFERENCE_NORMALIZATION,
+            "akamaster": models_lib.AKAMASTER_NORMALIZATION}[spec.strip().lower()]
+  if isinstance(spec, (tuple, list)) and len(spec) == 2:
+    values = [float(v) for part in spec for v in part]
+  else:
+    try:
+      values = [parse_float(v, name="normalization") for v in str(spec).split(",")]
+    except EvaluationError:
+      values = []
+  if len(values) != 6 or min(values[3:]) <= 0:
+    raise EvaluationError(
+        f"normalization: {spec!r} must be 'auto' or six numbers MEAN_R,MEAN_G,MEAN_B,STD_R,"
+        "STD_G,STD_B with positive stds")
+  return tuple(values[:3]), tuple(values[3:])
+
+
+# ----------------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass
+class EvalSettings:
+  """Everything one evaluation needs (the flags of ``python -m evaluate``, CONTRACT.md).
+
+  Attributes:
+    checkpoint: PyTorch file, train workdir or orbax step directory.
+    arch, noise, normalization, step: passed to :func:`smoothjax.checkpoints.load_model`.
+    dataset, data_dir, split, limit: the images (:func:`smoothjax.data.load_dataset`); the
+      first ``limit`` images of ``split``.
+    sigmas, sigma_space: Gaussian input-noise stds and their unit (``pixel`` / ``normalized``).
+    ns: sample counts (all from one pass of ``max(ns)``).
+    votes: vote names (:func:`smoothjax.smoothing.get_vote`).
+    repeats, seed: independent evaluations (mean / std) and the base seed.
+    batch_size: images x samples per forward pass.
+    certify, n0, certify_n, alpha: Cohen et al.'s CERTIFY.
+    attack, eps, norm, steps, step_size, attack_samples, restarts, source_checkpoint,
+      nattack_population, nattack_iterations, sanity_checks: the attack (``smoothjax.attacks``).
+    workdir: output directory.
+    progress: show tqdm progress bars on stderr.
+  """
+
+  checkpoint: str = ""
+  arch: str | None = None
+  noise: str | None = None
+  normalization: Any = "auto"
+  step: int | None = None
+  dataset: str = "cifar10"
+  data_dir: str | None = None
+  split: str = "test"
+  limit: int | None = None
+  sigmas: Sequence[float] = (0.0,)
+  sigma_space: str = "pixel"
+  ns: Sequence[int] = DEFAULT_NS
+  votes: Sequence[str] = smoothing.VOTE_NAMES
+  repeats: int = 1
+  seed: int = 0
+  batch_size: int = 256
+  certify: bool = False
+  n0: int = 100
+  certify_n: int = 100_000
+  alpha: float = 0.001
+  attack: str = "none"
+  eps: float = 8 / 255
+  norm: str = "linf"
+  steps: int | None = None
+  step_size: float | None = None
+  attack_samples: int | None = None
+  restarts: int = 1
+  source_checkpoint: str | None = None
+  nattack_population: int = 100
+  nattack_iterations: int = 100
+  sanity_checks: bool = False
+  workdir: str = "runs/evaluate"
+  progress: bool = True
+
+
+def validate(s: EvalSettings) -> EvalSettings:
+  """Checks and normalises the settings without touching the disk (except reading nothing).
+
+  Returns:
+    A normalised copy (sorted unique ``ns`` and ``sigmas``, resolved attack defaults).
+
+  Raises:
+    EvaluationError: the first bad setting, named.
+  """
+  s = dataclasses.replace(s)
+  if not s.checkpoint:
+    raise EvaluationError("checkpoint: required (--checkpoint=PATH)")
+  if s.arch is not None and s.arch not in models_lib.ARCHS:
+    raise EvaluationError(f"arch: unknown architecture {s.arch!r}; expected one of "
+                          f"{', '.join(models_lib.ARCHS)}")
+  if s.noise is not None:
+    try:
+      noise_lib.parse_noise(s.noise)
+    except ValueError as e:
+      raise EvaluationError(f"noise: {e}") from None
+  s.normalization = parse_normalization(s.normalization)
+  sig = parse_float_list(s.sigmas, name="sigma")
+  bad = [v for v in sig if v < 0]
+  if bad:
+    raise EvaluationError(f"sigma: must be >= 0, got {bad[0]:g}")
+  s.sigmas = tuple(sorted(set(sig)))
+  if s.sigma_space not in ("pixel", "normalized"):
+    raise EvaluationError(f"sigma_space: {s.sigma_space!r} must be 'pixel' or 'normalized'")
+  s.ns = tuple(sorted(set(parse_int_list(s.ns, name="n"))))
+  votes = [v.strip() for v in s.votes] if not isinstance(s.votes, str) else [
+      v.strip() for v in s.votes.split(",")]
+  for v in votes:
+    try:
+      smoothing.get_vote(v)
+    except ValueError as e:
+      raise EvaluationError(f"vote: {e}") from None
+  if not votes or len(set(votes)) != len(votes):
+    raise EvaluationError(f"vote: {s.votes!r} must list distinct votes")
+  s.votes = tuple(votes)
+  for name in ("repeats", "batch_size", "n0", "certify_n", "restarts", "nattack_population",
+               "nattack_iterations"):
+    v = getattr(s, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise EvaluationError(f"{name}: must be a positive integer, got {v!r}")
+  if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
+    raise EvaluationError(f"limit: must be a positive integer, got {s.limit!r}")
+  if s.step is not None and (not isinstance(s.step, int) or s.step < 0):
+    raise EvaluationError(f"step: must be a non-negative integer, got {s.step!r}")
+  if not isinstance(s.seed, int):
+    raise EvaluationError(f"seed: must be an integer, got {s.seed!r}")
+  if s.split not in SPLITS:
+    raise EvaluationError(f"split: unknown split {s.split!r}; expected test or train")
+  s.alpha = parse_float(s.alpha, name="alpha")
+  if not 0 < s.alpha < 1:
+    raise EvaluationError(f"alpha: must be in (0, 1), got {s.alpha:g}")
+  if s.certify and not any(v > 0 for v in s.sigmas):
+    raise EvaluationError("certify: needs Gaussian input noise, i.e. at least one sigma > 0")
+  if s.attack not in ATTACKS:
+    raise EvaluationError(f"attack: unknown attack {s.attack!r}; expected one of "
+                          f"{', '.join(ATTACKS)}")
+  s.eps = parse_float(s.eps, name="eps")
+  if s.eps < 0:
+    raise EvaluationError(f"eps: must be >= 0, got {s.eps:g}")
+  if s.norm not in NORMS:
+    raise EvaluationError(f"norm: {s.norm!r} must be linf or l2")
+  if s.step_size is not None:
+    s.step_size = parse_float(s.step_size, name="step_size")
+    if s.step_size <= 0:
+      raise EvaluationError(f"step_size: must be > 0, got {s.step_size:g}")
+  if s.steps is None:
+    s.steps = 1 if s.attack == "fgsm" else 7
+  if not isinstance(s.steps, int) or s.steps < 1:
+    raise EvaluationError(f"steps: must be a positive integer, got {s.steps!r}")
+  if s.attack_samples is None:
+    s.attack_samples = 8 if s.attack in _MULTI_SAMPLE_ATTACKS else 1
+  if not isinstance(s.attack_samples, int) or s.attack_samples < 1:
+    raise EvaluationError(f"attack_samples: must be a positive integer, got {s.attack_samples!r}")
+  if s.attack == "transfer" and not s.source_checkpoint:
+    raise EvaluationError("source_checkpoint: --attack=transfer needs --source_checkpoint=PATH")
+  if s.sanity_checks and s.attack == "none":
+    raise EvaluationError("sanity_checks: needs an attack (--attack=pgd, ...)")
+  if not s.workdir:
+    raise EvaluationError("workdir: required")
+  return s
+
+
+def _nattack_samples(ns: Sequence[int]) -> int:
+  big = [n for n in ns if n >= 8]
+  return min(big) if big else max(ns)
+
+
+def _attack_columns(s: EvalSettings) -> dict:
+  """The ``attack``, ``eps``, ``steps``, ``attack_samples`` of adversarial rows."""
+  if s.attack == "nattack":
+    steps, samples = s.nattack_iterations, _nattack_samples(s.ns)
+  elif s.attack == "fgsm":
+    steps, samples = 1, s.attack_samples
+  else:
+    steps, samples = s.steps, s.attack_samples
+  return {"attack": s.attack, "eps": s.eps, "steps": steps, "attack_samples": samples}
+
+
+# ----------------------------------------------------------------------------- prepared state
+
+
+@dataclasses.dataclass
+class Prepared:
+  """Validated settings with the model, source model, images and labels loaded."""
+
+  settings: EvalSettings
+  model: Any
+  info: dict
+  x: np.ndarray
+  y: np.ndarray
+  num_classes: int
+  source_model: Any = None
+  attacks: Any = None
+  fingerprint: str = ""
+
+
+def _load_model(path: str, s: EvalSettings, what: str):
+  from smoothjax import checkpoints  # pylint: disable=import-outside-toplevel
+  try:
+    return checkpoints.load_model(path, arch=s.arch, noise=s.noise,
+                                  normalization=s.normalization, step=s.step)
+  except (ValueError, OSError) as e:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise EvaluationError(f"{what}: {msg}") from None
+
+
+def prepare(settings: EvalSettings) -> Prepared:
+  """Validates everything and loads the checkpoint(s) and the images; writes nothing.
+
+  Raises:
+    EvaluationError: any bad setting, missing / bad checkpoint, unknown / bad dataset.
+  """
+  s = validate(settings)
+  if s.attack != "none":
+    try:
+      attacks = importlib.import_module("smoothjax.attacks")
+    except ModuleNotFoundError:
+      raise EvaluationError(f"attack: --attack={s.attack} needs smoothjax.attacks, which this "
+                            "installation does not have") from None
+  else:
+    attacks = None
+  model, info = _load_model(s.checkpoint, s, "checkpoint")
+  source = None
+  if s.attack == "transfer":
+    source, _ = _load_model(s.source_checkpoint, dataclasses.replace(s, step=None),
+                            "source_checkpoint")
+  from smoothjax import data as data_lib  # pylint: disable=import-outside-toplevel
+  try:
+    ds = data_lib.load_dataset(s.dataset, data_dir=s.data_dir)
+    x, y = ds.split(s.split)
+  except (ValueError, OSError) as e:
+    raise EvaluationError(f"dataset: {str(e).strip().splitlines()[0]}") from None
+  if s.limit is not None:
+    x, y = x[:s.limit], y[:s.limit]
+  num_classes = model.config.num_classes
+  if len(y) and int(np.max(y)) >= num_classes:
+    raise EvaluationError(f"dataset: labels go up to {int(np.max(y))}, but the model has "
+                          f"{num_classes} classes")
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise EvaluationError(f"dataset: expected NHWC RGB images, got shape {x.shape}")
+  p = Prepared(s, model, info, x, y, num_classes, source, attacks)
+  p.fingerprint = _fingerprint(p)
+  return p
+
+
+def _fingerprint(p: Prepared) -> str:
+  s = p.settings
+  ck = p.info.get("checkpoint", s.checkpoint)
+  try:
+    st = os.stat(ck)
+    ck_id = [str(pathlib.Path(ck).resolve()), st.st_size, int(st.st_mtime)]
+  except OSError:
+    ck_id = [str(ck)]
+  d = {
+      "version": _VERSION, "checkpoint": ck_id, "step": p.info.get("step"),
+      "model_config": p.info.get("model_config"), "dataset": s.dataset, "split": s.split,
+      "num_images": int(len(p.y)),
+      "images": hashlib.sha256(np.ascontiguousarray(p.x).tobytes()).hexdigest()[:16],
+      "sigma_space": s.sigma_space, "ns": list(s.ns), "votes": list(s.votes), "seed": s.seed,
+      "attack": [s.attack, s.eps, s.norm, s.steps, s.step_size, s.attack_samples, s.restarts,
+                 s.source_checkpoint, s.nattack_population, s.nattack_iterations]
+      if s.attack != "none" else "none",
+      "sanity_checks": s.sanity_checks,
+  }
+  return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+class _Progress:
+  """tqdm bar over image-samples, showing images done."""
+
+  def __init__(self, enabled: bool, num_images: int, num_samples: int, desc: str):
+    self.bar = None
+    self.n = max(num_samples, 1)
+    self.num_images = num_images
+    self.done = 0
+    if enabled:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm(total=num_images * num_samples, desc=desc, unit="sample",
+                      unit_scale=True, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+  def __call__(self, k: int) -> None:
+    self.done += k
+    if self.bar is not None:
+      self.bar.set_postfix_str(f"images {min(self.done // self.n, self.num_images)}/"
+                               f"{self.num_images}", refresh=False)
+      self.bar.update(k)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _vote_summary(votes: smoothing.VoteCounts, y: np.ndarray) -> dict:
+  return {name: {"accuracy": votes.accuracy(name, y).tolist(),
+                 "top5": votes.top5(name, y).tolist()} for name in votes}
+
+
+def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -> dict:
+  s = p.settings
+  root = jax.random.key(s.seed)
+  rep = jax.random.fold_in(jax.random.fold_in(root, 0), r)
+  x = np.asarray(p.x, np.float32) / np.float32(255)
+  idx = np.arange(len(x), dtype=np.int32)
+  n_max = max(s.ns)
+  common = dict(sigma=sigma, sigma_space=s.sigma_space, prefixes=s.ns, votes=s.votes,
+                batch_size=s.batch_size, indices=idx)
+  t0 = time.time()
+  bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} clean")
+  try:
+    clean = smoothing.sample_votes(jax.random.fold_in(rep, 0), p.model, x, progress=bar,
+                                   **common)
+  finally:
+    bar.close()
+  out = {"sigma": sigma, "repeat": r, "clean": _vote_summary(clean, p.y),
+         "seconds": {"clean": time.time() - t0}}
+  if s.attack == "none":
+    return out
+  t0 = time.time()
+  logits_fn = smoothing.make_logits_fn(p.model, sigma=sigma, sigma_space=s.sigma_space)
+  source_fn = (smoothing.make_logits_fn(p.source_model, sigma=sigma, sigma_space=s.sigma_space)
+               if p.source_model is not None else None)
+  probs_fn = smoothing.make_smoothed_probs_fn(
+      p.model, sigma=sigma, sigma_space=s.sigma_space, num_samples=_nattack_samples(s.ns))
+  log(f"crafting {s.attack} examples (σ={sigma:g}, repeat {r}) on {len(x)} images")
+  x_adv = p.attacks.craft(
+      s.attack, logits_fn, x, p.y, key=jax.random.fold_in(rep, 1), eps=s.eps, norm=s.norm,
+      steps=s.steps, step_size=s.step_size, samples=s.attack_samples, restarts=s.restarts,
+      source_logits_fn=source_fn, smoothed_probs_fn=probs_fn, population=s.nattack_population,
+      iterations=s.nattack_iterations, batch_size=s.batch_size)
+  x_adv = np.asarray(x_adv, np.float32)
+  out["seconds"]["craft"] = time.time() - t0
+  t0 = time.time()
+  bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} {s.attack}")
+  try:
+    adv = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, x_adv, progress=bar,
+                                 **common)
+  finally:
+    bar.close()
+  out["adv"] = _vote_summary(adv, p.y)
+  out["seconds"]["adv"] = time.time() - t0
+  if s.sanity_checks and r == 0:
+    first = s.votes[0]
+
+    def accuracy_fn(xa):
+      v = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, np.asarray(xa),
+                                 sigma=sigma, sigma_space=s.sigma_space, prefixes=(n_max,),
+                                 votes=(first,), batch_size=s.batch_size, indices=idx)
+      return float(v.accuracy(first, p.y)[0])
+
+    extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,
+             "nattack_population": s.nattack_population,
+             "nattack_iterations": s.nattack_iterations}
+    checks = p.attacks.run_sanity_checks(
+        logits_fn, x, p.y, key=jax.random.fold_in(rep, 3), eps=s.eps, steps=s.steps,
+        step_size=s.step_size, accuracy_fn=accuracy_fn, source_logits_fn=source_fn,
+        smoothed_probs_fn=probs_fn, **_accepted(p.attacks.run_sanity_checks, extra))
+    out["sanity_checks"] = [dict(c, sigma=sigma) for c in checks]
+  return out
+
+
+def _accepted(fn, kwargs: dict) -> dict:
+  """The keyword arguments ``fn`` accepts (optional extras of the attacks interface)."""
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return {}
+  if any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values()):
+    return dict(kwargs)
+  return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _certify_point(p: Prepared, sigma: float) -> dict:
+  s = p.settings
+  key = jax.random.fold_in(jax.random.key(s.seed), 1)
+  x = np.asarray(p.x, np.float32) / np.float32(255)
+  bar = _Progress(s.progress, len(x), s.n0 + s.certify_n, f"σ={sigma:g} certify")
+  t0 = time.time()
+  try:
+    res = certify_lib.certify(key, p.model, x, sigma=sigma, sigma_space=s.sigma_space,
+                              n0=s.n0, num_samples=s.certify_n, alpha=s.alpha,
+                              batch_size=s.batch_size, indices=np.arange(len(x)),
+                              progress=bar)
+  finally:
+    bar.close()
+  dt = (time.time() - t0) / max(len(x), 1)
+  return {"sigma": sigma, "predict": res.predict.tolist(), "radius": res.radius.tolist(),
+          "label": np.asarray(p.y).tolist(), "correct": res.correct(p.y).astype(int).tolist(),
+          "p_a": res.p_a.tolist(), "seconds_per_image": dt}
+
+
+def _mean_std(values) -> tuple[float, float]:
+  a = np.asarray(values, np.float64)
+  # std over repeats: the sample standard deviation (ddof=1), 0 for a single repeat.
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _records(p: Prepared, points: dict, certs: dict) -> list[dict]:
+  s = p.settings
+  base = {"sigma_space": s.sigma_space, "repeats": s.repeats, "num_images": int(len(p.y)),
+          "seed": s.seed, "checkpoint": s.checkpoint}
+  recs = []
+  kinds = [("clean", {"attack": "none", "eps": 0, "steps": 0, "attack_samples": 0})]
+  if s.attack != "none":
+    kinds.append(("adv", _attack_columns(s)))
+  for kind, cols in kinds:
+    for sigma in s.sigmas:
+      reps = [points[(sigma, r)][kind] for r in range(s.repeats)]
+      for vote in s.votes:
+        for k, n in enumerate(s.ns):
+          acc, acc_std = _mean_std([rp[vote]["accuracy"][k] for rp in reps])
+          t5, t5_std = _mean_std([rp[vote]["top5"][k] for rp in reps])
+          rec = {"vote": vote, "n": n, "sigma": sigma, **cols, "accuracy": acc,
+                 "accuracy_std": acc_std, "top5": t5, **base, "top5_std": t5_std,
+                 "dataset": s.dataset, "split": s.split}
+          if kind == "adv":
+            rec["norm"] = s.norm
+          recs.append(rec)
+  for sigma in sorted(certs):
+    c = certs[sigma]
+    radius = np.asarray(c["radius"])
+    correct = np.asarray(c["correct"], bool)
+    abstain = float((np.asarray(c["predict"]) == certify_lib.ABSTAIN).mean())
+    accs = certify_lib.certified_accuracy(radius, correct, CERTIFY_RADII)
+    for rad, acc in zip(CERTIFY_RADII, accs):
+      recs.append({"vote": "certify", "n": s.certify_n, "n0": s.n0, "alpha": s.alpha,
+                   "radius": rad, "sigma": sigma, "attack": "none", "eps": 0, "steps": 0,
+                   "attack_samples": 0, "accuracy": float(acc), "accuracy_std": 0.0,
+                   "abstain": abstain, "top5": None, **dict(base, repeats=1),
+                   "dataset": s.dataset, "split": s.split,
+                   "seconds_per_image": c.get("seconds_per_image")})
+  return recs
+
+
+def _csv(records: list[dict]) -> str:
+  fields = list(RECORD_FIELDS)
+  for r in records:
+    for k in r:
+      if k not in fields:
+        fields.append(k)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+  w.writeheader()
+  for r in records:
+    w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+  return buf.getvalue()
+
+
+def _write_outputs(p: Prepared, records: list[dict], certs: dict, checks: list[dict]) -> None:
+  from smoothjax import plots  # pylint: disable=import-outside-toplevel
+  s = p.settings
+  wd = pathlib.Path(s.workdir)
+  _atomic_write(wd / "results.json", json.dumps(records, indent=1) + "\n")
+  _atomic_write(wd / "results.csv", _csv(records))
+  rows = [r for r in records if r["vote"] != "certify"]
+  for vote in s.votes:
+    plots.plot_accuracy_vs_n(rows, wd / "plots" / f"accuracy_vs_n_{vote}.png", vote=vote)
+  plots.plot_accuracy_vs_sigma(rows, wd / "plots" / "accuracy_vs_sigma.png")
+  if certs:
+    lines = ["index\tlabel\tpredict\tradius\tcorrect\tsigma\ttime"]
+    for sigma in sorted(certs):
+      c = certs[sigma]
+      for i, (lab, pr, rad, cor) in enumerate(zip(c["label"], c["predict"], c["radius"],
+                                                    c["correct"])):
+        lines.append(f"{i}\t{lab}\t{pr}\t{rad:.4f}\t{cor}\t{sigma:g}\t"
+                     f"{c.get('seconds_per_image', 0):.4f}")
+    _atomic_write(wd / "certify.tsv", "\n".join(lines) + "\n")
+    plots.plot_certified_accuracy(
+        {sg: (c["radius"], c["correct"]) for sg, c in certs.items()},
+        wd / "plots" / "certified_accuracy.png")
+  if s.sanity_checks:
+    _atomic_write(wd / "sanity_checks.json", json.dumps(checks, indent=1) + "\n")
+
+
+def _sigma_name(sigma: float) -> str:
+  return repr(float(sigma)).replace(".", "p").replace("-", "m")
+
+
+def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None = None
+        ) -> list[dict]:
+  """Runs (or resumes) an evaluation and writes its outputs to ``settings.workdir``.
+
+  Args:
+    settings: the settings (validated and loaded here first; nothing is written before that
+      succeeds), or the result of :func:`prepare`.
+    log: where to print messages (default: stderr).
+
+  Returns:
+    The records of ``results.json``.
+
+  Raises:
+    EvaluationError: bad input (before anything is written).
+  """
+  if log is None:
+    def log(msg):
+      print(msg, file=sys.stderr, flush=True)
+  p = settings if isinstance(settings, Prepared) else prepare(settings)
+  s = p.settings
+  writer = _is_writer()
+  pdir = pathlib.Path(s.workdir) / "points" / p.fingerprint
+  if writer:
+    pdir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(pdir / "settings.json",
+                  json.dumps(dataclasses.asdict(s), indent=1, default=str) + "\n")
+  points: dict = {}
+  checks: list[dict] = []
+  skipped = 0
+  for sigma in s.sigmas:
+    for r in range(s.repeats):
+      path = pdir / f"sigma_{_sigma_name(sigma)}_r{r}.json"
+      pt = _read_json(path)
+      if pt is not None and pt.get("sigma") == sigma and pt.get("repeat") == r:
+        skipped += 1
+      else:
+        pt = _eval_point(p, sigma, r, log)
+        if writer:
+          _atomic_write(path, json.dumps(pt) + "\n")
+      points[(sigma, r)] = pt
+      for c in pt.get("sanity_checks", []):
+        checks.append(c)
+        if not c.get("passed", True):
+          log(f"warning: sanity check {c.get('check')} failed at σ={sigma:g}: "
+              f"{c.get('detail', '')}")
+  certs: dict = {}
+  if s.certify:
+    for sigma in s.sigmas:
+      if sigma <= 0:
+        log("note: certification skipped at σ=0 (needs Gaussian input noise)")
+        continue
+      path = pdir / (f"certify_{_sigma_name(sigma)}_n0{s.n0}_n{s.certify_n}_"
+                     f"a{s.alpha:g}.json")
+      c = _read_json(path)
+      if c is not None and c.get("sigma") == sigma:
+        skipped += 1
+      else:
+        c = _certify_point(p, sigma)
+        if writer:
+          _atomic_write(path, json.dumps(c) + "\n")
+      certs[sigma] = c
+  if skipped:
+    log(f"resumed: {skipped} finished point(s) reused from {pdir}")
+  records = _records(p, points, certs)
+  if writer:
+    _write_outputs(p, records, certs, checks)
+  return records

@@ -1,0 +1,118 @@
+"""PNG plots of evaluation results (matplotlib, headless).
+
+* :func:`plot_accuracy_vs_n`: smoothed accuracy against the number of samples ``n`` for one vote,
+  a line per (sigma, attack), error bars = std over repeats (the paper's main plot).
+* :func:`plot_accuracy_vs_sigma`: accuracy against sigma at the largest ``n``, a line per
+  (vote, attack).
+* :func:`plot_certified_accuracy`: Cohen et al.'s certified accuracy against the L2 radius, a
+  line per sigma, from the per-image radii.
+
+All take the flat records of ``results.json`` (dicts) and write one PNG atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["plot_accuracy_vs_n", "plot_accuracy_vs_sigma", "plot_certified_accuracy"]
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _save(fig, path) -> None:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+  os.replace(tmp, path)
+
+
+def _label(sigma, space, attack) -> str:
+  s = f"σ={sigma:g}" + (" (norm.)" if space == "normalized" else "")
+  return s if attack == "none" else f"{s}, {attack}"
+
+
+def plot_accuracy_vs_n(records: Iterable[Mapping], path, *, vote: str, title: str = "") -> None:
+  """Accuracy vs n of one vote: a line per (sigma, attack)."""
+  plt = _pyplot()
+  rows = [r for r in records if r["vote"] == vote]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  keys = sorted({(r["sigma"], r["sigma_space"], r["attack"]) for r in rows},
+                key=lambda k: (k[2] != "none", k[2], k[0]))
+  for sigma, space, attack in keys:
+    sel = sorted((r for r in rows if (r["sigma"], r["sigma_space"], r["attack"]) ==
+                  (sigma, space, attack)), key=lambda r: r["n"])
+    n = [r["n"] for r in sel]
+    acc = [100 * r["accuracy"] for r in sel]
+    std = [100 * r["accuracy_std"] for r in sel]
+    ax.errorbar(n, acc, yerr=std, marker="o", ms=3, capsize=2,
+                linestyle="-" if attack == "none" else "--", label=_label(sigma, space, attack))
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("number of samples n")
+  ax.set_ylabel("accuracy (%)")
+  ax.set_title(title or f"smoothed accuracy vs n ({vote} vote)")
+  ax.grid(True, alpha=0.3)
+  if keys:
+    ax.legend(fontsize=7)
+  _save(fig, path)
+  plt.close(fig)
+
+
+def plot_accuracy_vs_sigma(records: Iterable[Mapping], path, *, title: str = "") -> None:
+  """Accuracy vs sigma at each line's largest n: a line per (vote, attack)."""
+  plt = _pyplot()
+  rows = [r for r in records if r["vote"] != "certify"]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  keys = sorted({(r["vote"], r["attack"]) for r in rows}, key=lambda k: (k[1] != "none", k))
+  n_max = max((r["n"] for r in rows), default=0)
+  for vote, attack in keys:
+    sel = sorted((r for r in rows if r["vote"] == vote and r["attack"] == attack
+                  and r["n"] == n_max), key=lambda r: r["sigma"])
+    ax.errorbar([r["sigma"] for r in sel], [100 * r["accuracy"] for r in sel],
+                yerr=[100 * r["accuracy_std"] for r in sel], marker="o", ms=3, capsize=2,
+                linestyle="-" if attack == "none" else "--",
+                label=vote if attack == "none" else f"{vote}, {attack}")
+  space = rows[0]["sigma_space"] if rows else "pixel"
+  ax.set_xlabel(f"σ ({'[0,1] pixels' if space == 'pixel' else 'normalised units'})")
+  ax.set_ylabel("accuracy (%)")
+  ax.set_title(title or f"smoothed accuracy vs σ (n={n_max})")
+  ax.grid(True, alpha=0.3)
+  if keys:
+    ax.legend(fontsize=7)
+  _save(fig, path)
+  plt.close(fig)
+
+
+def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Sequence[bool]]],
+                            path, *, title: str = "") -> None:
+  """Certified accuracy vs L2 radius ([0, 1] pixels): ``{sigma: (radii, correct)}``."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  r_max = 0.0
+  for sigma in sorted(per_sigma):
+    radius, correct = (np.asarray(a) for a in per_sigma[sigma])
+    if radius.size:
+      r_max = max(r_max, float(radius.max()))
+  grid = np.linspace(0, max(r_max * 1.05, 0.1), 200)
+  for sigma in sorted(per_sigma):
+    radius, correct = (np.asarray(a) for a in per_sigma[sigma])
+    correct = correct.astype(bool)
+    acc = [100 * (correct & (radius >= r)).mean() if radius.size else 0.0 for r in grid]
+    ax.plot(grid, acc, label=f"σ={sigma:g}")
+  ax.set_xlabel("L2 radius ([0,1] pixels)")
+  ax.set_ylabel("certified accuracy (%)")
+  ax.set_title(title or "certified accuracy (Cohen et al. CERTIFY)")
+  ax.grid(True, alpha=0.3)
+  if per_sigma:
+    ax.legend(fontsize=7)
+  _save(fig, path)
+  plt.close(fig)

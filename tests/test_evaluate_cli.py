@@ -1,0 +1,201 @@
+"""Tests of ``python -m evaluate`` (CONTRACT.md): records, outputs, resume, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from smoothjax import checkpoints, evaluation, models, smoothing
+
+import evaluate.__main__ as cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIELDS = ("vote", "n", "sigma", "sigma_space", "attack", "eps", "steps", "attack_samples",
+          "accuracy", "accuracy_std", "top5", "repeats", "num_images", "seed", "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A saved ResNet-20 (random weights, no noise) and an npz of 6 test images."""
+  root = tmp_path_factory.mktemp("evalcli")
+  model = models.build_model("resnet20", key=0)
+  ck = root / "ckpt"
+  checkpoints.save_model(ck, model)
+  rng = np.random.RandomState(0)
+  x = rng.randint(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+  logits = np.asarray(model(x.astype(np.float32) / 255, noise=False))
+  # labels: the model's own prediction for 4 images, wrong for 2 (accuracy 4/6 at sigma=0)
+  y = logits.argmax(-1)
+  y[4:] = (y[4:] + 1) % 10
+  npz = root / "tiny.npz"
+  np.savez(npz, x_test=x, y_test=y.astype(np.int64))
+  return {"ckpt": str(ck), "data": f"npz:{npz}", "model": model, "x": x, "y": y}
+
+
+def _run(args, **kw):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "evaluate", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
+  wd = tmp_path / "wd"
+  args = [f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--sigma=0,1/8",
+          "--n=1,2,4", "--vote=hard,soft", "--repeats=2", "--certify", "--n0=4",
+          "--certify_n=32", "--alpha=0.01", "--progress=false", f"--workdir={wd}"]
+  r = _run(args)
+  assert r.returncode == 0, r.stderr
+  recs = json.loads((wd / "results.json").read_text())
+  clean = [x for x in recs if x["vote"] != "certify"]
+  assert len(clean) == 2 * 2 * 3  # sigma x vote x n
+  for rec in recs:
+    assert set(FIELDS) <= set(rec), rec
+    assert rec["checkpoint"] == tiny["ckpt"] and rec["num_images"] == 6 and rec["seed"] == 0
+  for rec in clean:
+    assert rec["attack"] == "none" and rec["eps"] == 0 and rec["steps"] == 0
+    assert rec["repeats"] == 2 and rec["sigma_space"] == "pixel"
+    assert 0 <= rec["accuracy"] <= 1 and 0 <= rec["top5"] <= 1
+  at0 = [x for x in clean if x["sigma"] == 0]
+  assert all(x["accuracy"] == pytest.approx(4 / 6) and x["accuracy_std"] == 0 for x in at0)
+  assert {x["sigma"] for x in clean} == {0.0, 0.125}
+  # sigma = 1/8 hard votes at n = 4 vs the library with the documented keys
+  x = tiny["x"].astype(np.float32) / 255
+  accs = []
+  for rep in range(2):
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), rep), 0)
+    v = smoothing.sample_votes(k, tiny["model"], x, sigma=0.125, prefixes=(1, 2, 4),
+                               votes=("hard",))
+    accs.append(v.accuracy("hard", tiny["y"])[2])
+  rec = [x for x in clean if x["sigma"] == 0.125 and x["vote"] == "hard" and x["n"] == 4][0]
+  assert rec["accuracy"] == pytest.approx(np.mean(accs))
+  assert rec["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+  # certification rows at the contract radii, and the per-image tsv
+  cert = [x for x in recs if x["vote"] == "certify"]
+  assert {0, 0.125, 0.25, 0.5, 0.75, 1.0} <= {x["radius"] for x in cert}
+  assert all(x["sigma"] == 0.125 and x["n"] == 32 and x["n0"] == 4 and x["alpha"] == 0.01
+             and x["top5"] is None and 0 <= x["abstain"] <= 1 for x in cert)
+  tsv = (wd / "certify.tsv").read_text().splitlines()
+  assert tsv[0].split("\t")[:5] == ["index", "label", "predict", "radius", "correct"]
+  assert len(tsv) == 7
+  csv_lines = (wd / "results.csv").read_text().splitlines()
+  assert len(csv_lines) == len(recs) + 1 and csv_lines[0].startswith(",".join(FIELDS))
+  for name in ("accuracy_vs_n_hard", "accuracy_vs_n_soft", "accuracy_vs_sigma",
+               "certified_accuracy"):
+    assert (wd / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+  # resume: drop one finished point; the rerun recomputes only that one
+  pdir = next((wd / "points").iterdir())
+  pts = sorted(pdir.glob("sigma_*.json"))
+  assert len(pts) == 4
+  pts[-1].unlink()
+  mtimes = {p: p.stat().st_mtime_ns for p in pts[:-1]}
+  r2 = _run(args)
+  assert r2.returncode == 0, r2.stderr
+  assert "resumed: 4 finished point(s)" in r2.stderr  # 3 sigma x repeat points + certify
+  assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+  assert pts[-1].exists()
+  assert json.loads((wd / "results.json").read_text()) == recs
+  assert not list(wd.rglob("*.tmp*"))
+
+
+BAD = [
+    ("--sigma=-0.1", "sigma"),
+    ("--n=1,0", "n:"),
+    ("--n=1,two", "n:"),
+    ("--vote=median", "vote"),
+    ("--dataset=imagenet", "dataset"),
+    ("--dataset=npz:/does/not/exist.npz", "dataset"),
+    ("--attack=foo", "attack"),
+    ("--arch=resnet18", "arch"),
+    ("--normalization=0.5,0.5,0.5", "normalization"),
+    ("--checkpoint=/does/not/exist.pth", "checkpoint"),
+    ("--eps=8/0", "eps"),
+    ("--unknown_flag=1", "unknown_flag"),
+]
+
+
+@pytest.mark.parametrize("arg,word", BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tiny, tmp_path, capsys, arg, word):
+  wd = tmp_path / "wd"
+  argv = [f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--n=1",
+          f"--workdir={wd}", "--progress=false", arg]
+  with pytest.raises(SystemExit) if arg.startswith("--unknown") else _nullcontext() as exc:
+    rc = cli.main(argv)
+  if arg.startswith("--unknown"):
+    rc = exc.value.code
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2
+  assert len(err) == 1 and word in err[0], err
+  assert not wd.exists()
+
+
+class _nullcontext:
+  def __enter__(self):
+    return None
+
+  def __exit__(self, *a):
+    return False
+
+
+def test_bad_input_via_subprocess(tiny, tmp_path):
+  wd = tmp_path / "wd"
+  r = _run([f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--sigma=-1",
+            f"--workdir={wd}"])
+  assert r.returncode == 2
+  assert r.stderr.strip().count("\n") == 0 and "sigma" in r.stderr
+  assert not wd.exists()
+
+
+def test_attack_wiring_with_a_stub_attacks_module(tiny, tmp_path, monkeypatch):
+  """The attack flags reach smoothjax.attacks.craft / run_sanity_checks as documented."""
+  calls = {}
+
+  def craft(name, logits_fn, x, y, *, key, eps, norm, steps, step_size, samples, restarts,
+            source_logits_fn, smoothed_probs_fn, population, iterations, batch_size):
+    calls["craft"] = dict(name=name, eps=eps, norm=norm, steps=steps, samples=samples)
+    probs = np.asarray(smoothed_probs_fn(x, key))
+    assert probs.shape == (len(x), 10)
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    assert logits_fn(x, key).shape == (len(x), 10)
+    return np.clip(x + eps * np.sign(np.cos(np.arange(x.size))).reshape(x.shape), 0, 1)
+
+  def run_sanity_checks(logits_fn, x, y, *, key, eps, steps, step_size, accuracy_fn,
+                        source_logits_fn=None, smoothed_probs_fn=None, **kw):
+    acc = accuracy_fn(x)
+    return [{"check": "stub_ok", "passed": True, "detail": f"acc={acc}"},
+            {"check": "stub_bad", "passed": False, "detail": "always fails"}]
+
+  stub = types.ModuleType("smoothjax.attacks")
+  stub.craft, stub.run_sanity_checks = craft, run_sanity_checks
+  monkeypatch.setitem(sys.modules, "smoothjax.attacks", stub)
+  logs = []
+  s = evaluation.EvalSettings(checkpoint=tiny["ckpt"], dataset=tiny["data"], sigmas=(0.0,),
+                              ns=(1, 8, 16), votes=("hard",), attack="pgd", eps=8 / 255,
+                              steps=3, sanity_checks=True, workdir=str(tmp_path / "wd"),
+                              progress=False)
+  recs = evaluation.run(s, log=logs.append)
+  assert calls["craft"] == dict(name="pgd", eps=8 / 255, norm="linf", steps=3, samples=1)
+  adv = [r for r in recs if r["attack"] == "pgd"]
+  assert len(adv) == 3 and all(r["eps"] == 8 / 255 and r["steps"] == 3 and
+                               r["attack_samples"] == 1 for r in adv)
+  assert len([r for r in recs if r["attack"] == "none"]) == 3
+  checks = json.loads((tmp_path / "wd" / "sanity_checks.json").read_text())
+  assert [c["check"] for c in checks] == ["stub_ok", "stub_bad"]
+  assert any("stub_bad" in m and "warning" in m for m in logs)
+
+
+@pytest.mark.slow
+def test_siam_resnet20_clean_accuracy(siam_resnet20, lossless_npz, tmp_path):
+  wd = tmp_path / "wd"
+  r = _run([f"--checkpoint={siam_resnet20}", f"--dataset=npz:{lossless_npz}", "--sigma=0",
+            "--n=1", "--limit=500", "--progress=false", f"--workdir={wd}"])
+  assert r.returncode == 0, r.stderr
+  recs = json.loads((wd / "results.json").read_text())
+  hard = [x for x in recs if x["vote"] == "hard"][0]
+  assert hard["num_images"] == 500 and hard["accuracy"] >= 0.90, hard
