@@ -1,0 +1,144 @@
+"""`python -m train`: overrides, kill-and-resume bit-for-bit, NaN guard, bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from smoothjax import checkpoints
+from smoothjax import metrics as metrics_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = "train/configs/smoke.py"
+
+# A tiny run: 200 generated images (180 train), batch 12, 15 steps, a checkpoint every 3 steps,
+# no validation (keeps compilation to the train step alone).
+TINY = [
+    f"--config={SMOKE}",
+    "--compilation_cache=",
+    "--config.data.dataset=synthetic:200",
+    "--config.data.batch_size=12",
+    "--config.model.noise=pni_w",
+    "--config.train.num_steps=15",
+    "--config.train.checkpoint_every_steps=3",
+    "--config.train.keep=2",
+    "--config.train.eval_every_epochs=0",
+    "--config.train.progress=False",
+    "--config.train.num_devices=1",
+]
+
+
+def _run(args, cache, **kw):
+  env = dict(os.environ)
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  args = [*args, f"--compilation_cache={cache}"]
+  return subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _params(workdir: pathlib.Path) -> dict:
+  model, info = checkpoints.load_model(workdir / "checkpoints" / str(15))
+  from flax import nnx
+  from flax import traverse_util
+  assert info["step"] == 15
+  return {k: np.asarray(v) for k, v in
+          traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model))).items()}
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_exact(tmp_path):
+  ref_dir, kill_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+  # The slowed copy (0.2 s per step) is killed right after its first checkpoint appears; both
+  # runs share the CPU.
+  cache = tmp_path / "jax_cache"  # the resumed run reuses the compiled programs
+  ref = _run(TINY + [f"--workdir={ref_dir}"], cache)
+  victim = _run(TINY + [f"--workdir={kill_dir}", "--config.debug.sleep_per_step=0.2"], cache)
+  deadline = time.time() + 240
+  ckdir = kill_dir / "checkpoints"
+  while time.time() < deadline and victim.poll() is None:
+    steps = [p for p in ckdir.iterdir() if p.name.isdigit()] if ckdir.is_dir() else []
+    if steps:
+      break
+    time.sleep(0.05)
+  assert victim.poll() is None, "the run finished before it could be killed: " + (
+      victim.stderr.read())
+  time.sleep(0.3)  # somewhere after the first checkpoint (possibly while saving the next)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  killed_at = checkpoints.TrainCheckpointer(kill_dir, keep=2).latest_step()
+  assert killed_at is not None and killed_at < 15
+
+  resumed = _run(TINY + [f"--workdir={kill_dir}", "--config.debug.sleep_per_step=0.2"], cache)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert "resuming from" in err
+  ref_out, ref_err = ref.communicate(timeout=300)
+  assert ref.returncode == 0, ref_err
+
+  a, b = _params(ref_dir), _params(kill_dir)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(map(str, k)))
+  # metrics.jsonl stays one history: every logged step once.
+  steps = [r["step"] for r in metrics_lib.read_metrics(kill_dir) if r["split"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 15
+  # The meta tells `python -m evaluate` how to rebuild the model.
+  cfg = json.loads((kill_dir / "config.json").read_text())
+  assert cfg["model"]["noise"] == "pni_w"
+
+
+def test_nan_loss_stops_with_message_and_keeps_good_checkpoint(tmp_path, capsys):
+  from train.__main__ import main
+
+  wd = tmp_path / "nan"
+  rc = main(TINY + [f"--workdir={wd}", "--config.debug.nan_at_step=7",
+                    "--config.model.noise=none", "--config.train.num_devices=1"])
+  err = capsys.readouterr().err
+  assert rc == 1
+  assert "non-finite loss at step 7" in err and "last good checkpoint is step 6" in err, err
+  ck = checkpoints.TrainCheckpointer(wd, keep=2)
+  # Checkpoints at steps 3 and 6 are good; the NaN of update 7 (0-based) never reaches disk.
+  assert ck.all_steps() == [3, 6]
+  model, _ = checkpoints.load_model(wd / "checkpoints" / "6")
+  from flax import nnx
+  import jax
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(nnx.state(model)))
+
+
+def test_overrides_reach_the_config(tmp_path):
+  from train.__main__ import parse_flags
+
+  fv = parse_flags([f"--config={SMOKE}", f"--workdir={tmp_path}", "--config.optim.lr=0.05",
+                    "--config.objective.eps=0.02", "--config.optim.milestones=(3,7)",
+                    "--config.model.noise=cni_w"])
+  assert fv.config.optim.lr == 0.05
+  assert fv.config.objective.eps == pytest.approx(0.02)
+  assert tuple(fv.config.optim.milestones) == (3, 7)
+  assert fv.config.model.noise == "cni_w"
+  assert fv.workdir == str(tmp_path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([f"--config={SMOKE}"], "--workdir"),
+    (["--workdir=/tmp/x"], "--config"),
+    ([f"--config={SMOKE}", "--workdir=/tmp/x", "--config.optim.nope=1"], "nope"),
+    ([f"--config={SMOKE}", "--config.model.arch=resnet21"], "resnet21"),
+    ([f"--config={SMOKE}", "--config.data.dataset=npz:/does/not/exist.npz"], "exist"),
+    ([f"--config={SMOKE}", "--config.objective.name=madry"], "madry"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
+  from train.__main__ import main
+
+  if not any(a.startswith("--workdir") for a in args) and any(
+      a.startswith("--config=") for a in args) and len(args) > 1:
+    args = args + [f"--workdir={tmp_path / 'wd'}"]
+  rc = main(args)
+  err = capsys.readouterr().err.strip()
+  assert rc == 2
+  assert len(err.splitlines()) == 1 and needle in err, err

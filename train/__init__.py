@@ -1,0 +1,1 @@
+"""``python -m train``: the training command line (see :mod:`train.__main__`)."""

@@ -1,0 +1,1 @@
+"""Presets for ``python -m train --config=train/configs/NAME.py`` (see ``base.py``)."""
