@@ -14,6 +14,9 @@ import pytest
 from smoothjax import checkpoints
 from smoothjax import metrics as metrics_lib
 
+# ml_collections' config_flags loads config files with importlib's deprecated load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "train/configs/smoke.py"
 
@@ -142,3 +145,37 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
   err = capsys.readouterr().err.strip()
   assert rc == 2
   assert len(err.splitlines()) == 1 and needle in err, err
+
+
+PRESETS = sorted(p.stem for p in (REPO / "train" / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "base", "finetune"))
+
+
+def test_every_preset_is_documented_and_valid():
+  from smoothjax import training
+  from train.__main__ import parse_flags
+
+  assert {"smoke", "resnet20_madry", "resnet20_pni_w", "resnet20_cni_w", "epgd_finetune",
+          "highk_pgd_finetune", "cni_iw_finetune", "smoothadv_finetune", "trades",
+          "wrn34_10_pni_w", "wrn34_10_pni_w_trades", "resnet20_fast_at"} <= set(PRESETS)
+  for name in PRESETS:
+    path = f"train/configs/{name}.py"
+    doc = (REPO / path).read_text()
+    assert f"--config={path}" in doc and "Expected runtime" in doc, name
+    cfg = parse_flags([f"--config={path}", "--workdir=/tmp/unused"]).config
+    if cfg.init_required:
+      with pytest.raises(ValueError, match="init_from"):
+        training._check_config(cfg)  # pylint: disable=protected-access
+      cfg.init_from = "runs/resnet20_cni_w"
+    training._check_config(cfg)  # pylint: disable=protected-access
+    training.model_config_from(cfg.model, num_classes=100 if "cifar100" in name else 10)
+  # The reference recipe (REFERENCE.md §5).
+  c = parse_flags(["--config=train/configs/resnet20_cni_w.py", "--workdir=/tmp/u"]).config
+  assert (c.train.epochs, tuple(c.optim.milestones), c.optim.clip_norm, c.optim.lr,
+          c.optim.weight_decay, c.data.batch_size, c.optim.nesterov) == (
+              400, (100, 200, 300), 0.05, 0.1, 1e-4, 256, True)
+  assert (c.objective.steps, c.objective.eps, c.objective.step_size, c.objective.adv_weight) == (
+      7, 8 / 255, 2 / 255, 0.5)
+  # The config argument picks the dataset of the WRN presets.
+  c = parse_flags(["--config=train/configs/wrn34_10_pni_w.py:cifar100", "--workdir=/tmp/u"])
+  assert c.config.data.dataset == "cifar100" and c.config.model.arch == "wrn34_10"

@@ -11,9 +11,10 @@ Model: ResNet-20 with PNI-W weight noise (element-wise alpha), standard cross-en
 Nesterov lr 0.1 (cosine), batch 128, 10 epochs (140 steps), validation every epoch with
 one-pass and soft-smoothed (n = 4) accuracy.
 
-Expected: ~2 min on 2 CPU cores (about 25 s of it compilation), a few seconds on a GPU;
-validation accuracy around 0.35-0.45 on the real images (far from converged: a smoke test,
-not a model), > 0.9 on the synthetic data.
+Expected runtime: ~2 min on 2 CPU cores (about 25 s of it compilation; a rerun reuses the
+compilation cache), a few seconds on a GPU. Expected result: validation accuracy around
+0.35-0.45 on the real images (far from converged: a smoke test, not a model), > 0.9 on the
+synthetic data.
 """
 
 from train.configs import base
