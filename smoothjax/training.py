@@ -75,10 +75,13 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from smoothjax import attacks
 from smoothjax import checkpoints as ckpt_lib
 from smoothjax import data as data_lib
+from smoothjax import metrics as metrics_lib
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
+from smoothjax import smoothing
 
 __all__ = [
     "OBJECTIVES",
@@ -99,7 +102,6 @@ __all__ = [
     "adversarial_examples",
     "objective_loss",
     "make_train_step",
-    "make_eval_step",
     "make_pgd_eval_step",
     "load_training_data",
     "train_and_evaluate",
@@ -442,8 +444,6 @@ def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: A
   The attack sees the model in evaluation mode with its noise on; every gradient of the attack
   uses a fresh noise draw (its keys come from ``key``).
   """
-  from smoothjax import attacks  # pylint: disable=g-import-not-at-top
-
   params = jax.lax.stop_gradient(params)
   rest = jax.lax.stop_gradient(rest)
 
@@ -575,37 +575,6 @@ def make_train_step(*, graphdef: nnx.GraphDef, objective: Objective,
                  donate_argnums=(0, 1, 2) if donate else ())
 
 
-def make_eval_step(*, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
-                   num_samples: int = 8) -> Callable:
-  """Jitted validation of one batch: one noisy pass and the soft-smoothed prediction.
-
-  Returns:
-    ``eval_fn(params, rest, key, xb, yb, mask) -> {"correct", "smoothed_correct", "count"}``
-    (sums over the batch; ``mask`` marks real examples of a padded batch). ``correct`` scores
-    one forward pass (the model's own noise on), ``smoothed_correct`` the argmax of the mean
-    softmax over ``num_samples`` noise draws (the paper's soft smoothing); sample 0 is shared.
-  """
-  rep = NamedSharding(mesh, P())
-  bat = NamedSharding(mesh, P(BATCH_AXIS))
-
-  def eval_fn(params, rest, key, xb, yb, mask):
-    x = data_lib.to_float(xb)
-
-    def probs(i):
-      return jax.nn.softmax(forward(graphdef, params, rest, x, key=jax.random.fold_in(key, i)))
-
-    p0 = probs(0)
-    p = p0
-    if num_samples > 1:
-      p = jax.lax.fori_loop(1, num_samples, lambda i, acc: acc + probs(i), p0) / num_samples
-    m = mask.astype(jnp.int32)
-    return {"correct": jnp.sum((jnp.argmax(p0, -1) == yb) * m),
-            "smoothed_correct": jnp.sum((jnp.argmax(p, -1) == yb) * m),
-            "count": jnp.sum(m)}
-
-  return jax.jit(eval_fn, in_shardings=(rep, rep, rep, bat, bat, bat), out_shardings=rep)
-
-
 def make_pgd_eval_step(*, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, eps: float,
                        steps: int, step_size: float) -> Callable:
   """Jitted PGD accuracy of one batch (the fast-AT catastrophic-overfitting check).
@@ -613,8 +582,6 @@ def make_pgd_eval_step(*, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, eps: 
   Returns:
     ``pgd_fn(params, rest, key, xb, yb, mask) -> {"pgd_correct", "count"}``.
   """
-  from smoothjax import attacks  # pylint: disable=g-import-not-at-top
-
   rep = NamedSharding(mesh, P())
   bat = NamedSharding(mesh, P(BATCH_AXIS))
 
@@ -889,7 +856,6 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
   tmp.write_text(json.dumps(cfg_json, indent=2, sort_keys=True))
   os.replace(tmp, config_path)
 
-  from smoothjax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   writer = metrics_lib.MetricWriter(workdir, resume_step=start if latest is not None else None,
                                     tensorboard=bool(_get(t_cfg, "tensorboard", True)))
 
@@ -898,8 +864,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
                             mesh=mesh, augment=bool(d_cfg.augment), lookahead=lookahead,
                             nan_at_step=int(config.debug.nan_at_step))
   noisy = mcfg.noise.any_model_noise or mcfg.noise.input_sigma > 0
-  eval_fn = make_eval_step(graphdef=graphdef, mesh=mesh,
-                           num_samples=int(t_cfg.val_n) if noisy else 1)
+  val_n = max(1, int(t_cfg.val_n)) if noisy else 1
+  val_mesh = smoothing.sample_mesh(list(mesh.devices.flat))  # the training devices
   pgd_fn = None
   if int(t_cfg.val_pgd_examples) > 0 and has_val:
     pgd_fn = make_pgd_eval_step(graphdef=graphdef, mesh=mesh, eps=objective.eps,
@@ -911,11 +877,16 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
     if not has_val:
       return out
     key = jax.random.fold_in(k_eval, step)
-    tot = _run_eval(eval_fn, params, rest, jax.random.fold_in(key, 0), x_val, y_val,
-                    batch_size=int(t_cfg.eval_batch_size), mesh=mesh)
-    out["accuracy"] = tot["correct"] / tot["count"]
-    out["smoothed_accuracy"] = tot["smoothed_correct"] / tot["count"]
-    out["val_n"] = int(t_cfg.val_n) if noisy else 1
+    # The smoothed classifier exactly as `python -m evaluate` samples it (same noise layout):
+    # prefix 1 = one noisy pass, prefix val_n = soft vote (mean softmax) of val_n draws.
+    votes = smoothing.sample_votes(jax.random.fold_in(key, 0),
+                                   nnx.merge(graphdef, params, rest), x_val,
+                                   prefixes=sorted({1, val_n}), votes=("soft",),
+                                   batch_size=int(t_cfg.eval_batch_size), mesh=val_mesh)
+    pred = smoothing.vote_predictions(votes["soft"])
+    out["accuracy"] = float(np.mean(pred[0] == y_val))
+    out["smoothed_accuracy"] = float(np.mean(pred[-1] == y_val))
+    out["val_n"] = val_n
     if pgd_fn is not None:
       n = int(t_cfg.val_pgd_examples)
       tot = _run_eval(pgd_fn, params, rest, jax.random.fold_in(key, 1), x_val[:n], y_val[:n],

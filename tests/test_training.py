@@ -369,3 +369,27 @@ def test_train_and_evaluate_fast_at_end_to_end(tmp_path):
   again = training.train_and_evaluate(c, wd, model=TinyNoisyCNN(noise="pni_w",
                                                                 input_sigma=0.02, width=16))
   assert again["step"] == 30 and again["accuracy"] == final["accuracy"]
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+  from smoothjax import checkpoints
+
+  c = _tiny_config(tmp_path, epochs=2, checkpoint_every_steps=3, best_metric="accuracy",
+                   val_pgd_examples=0, keep_worst=False, eval_every_epochs=0)
+  c.objective.name = "standard"
+  c.debug.nan_at_step = 7
+  wd = tmp_path / "nan"
+  with pytest.raises(training.NonFiniteLossError,
+                     match="non-finite loss at step 7 .*last good checkpoint is step 6"):
+    training.train_and_evaluate(c, wd, model=TinyNoisyCNN(noise="pni_w"))
+  ck = checkpoints.TrainCheckpointer(wd, keep=2)
+  # Checkpoints at steps 3 and 6 are good; the NaN of update 7 (0-based) never reaches disk.
+  assert ck.all_steps() == [3, 6]
+  state, _, meta = ck.restore(
+      model_state_target=nnx.to_pure_dict(nnx.state(TinyNoisyCNN(noise="pni_w"))),
+      train_state_target=None)
+  assert meta["step"] == 6
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state))
+  rows = [r for r in __import__("smoothjax.metrics").metrics.read_metrics(wd)
+          if r["split"] == "train"]
+  assert rows and all(r["step"] <= 7 for r in rows)
