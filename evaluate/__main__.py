@@ -33,6 +33,22 @@ sanity_checks.json) to --workdir; a rerun of the same command resumes from finis
 Flags take the form --flag=value; lists are comma-separated; fractions like 8/255 are accepted
 wherever a float is."""
 
+_EPILOG = """\
+examples:
+  # clean accuracy of the reference implementation's ResNet-20 (sigma = 0, one sample)
+  python -m evaluate --checkpoint=../shared/weights/siam/resnet20_regular_model_best.pth.tar \\
+      --dataset=npz:../shared/data/cifar10_lossless_3k.npz --sigma=0 --n=1 --workdir=runs/siam0
+  # accuracy vs n at sigma = 0.12 (normalised units, as the reference), every vote, 3 repeats
+  python -m evaluate --checkpoint=... --dataset=... --sigma=0.12 --sigma_space=normalized \\
+      --n=1,2,4,8,16,32,64,128,256 --repeats=3 --limit=200 --workdir=runs/curve
+  # PGD-7 at 8/255 against the smoothed classifier
+  python -m evaluate --checkpoint=runs/cniw --attack=pgd --eps=8/255 --steps=7 --workdir=...
+  # Cohen et al. certification
+  python -m evaluate --checkpoint=... --sigma=0.25 --certify --certify_n=10000 --limit=100 \\
+      --workdir=runs/cert
+
+exit status: 0 on success; 2 on bad input (one line on stderr, nothing written)."""
+
 
 class _Parser(argparse.ArgumentParser):
   """argparse with one-line errors (exit status 2)."""
@@ -59,7 +75,7 @@ def _int(s: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``python -m evaluate``."""
-  p = _Parser(prog="python -m evaluate", description=_DESCRIPTION,
+  p = _Parser(prog="python -m evaluate", description=_DESCRIPTION, epilog=_EPILOG,
               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
   g = p.add_argument_group("model")
   g.add_argument("--checkpoint", required=True, metavar="PATH",

@@ -456,6 +456,11 @@ class _Progress:
       self.bar = tqdm(total=num_images * num_samples, desc=desc, unit="sample",
                       unit_scale=True, file=sys.stderr, leave=False, dynamic_ncols=True)
 
+  @property
+  def callback(self) -> "_Progress | None":
+    """``self`` when a bar is shown, else ``None`` (sampling then never waits for the device)."""
+    return self if self.bar is not None else None
+
   def __call__(self, k: int) -> None:
     self.done += k
     if self.bar is not None:
@@ -492,8 +497,8 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   t0 = time.time()
   bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} clean")
   try:
-    clean = smoothing.sample_votes(jax.random.fold_in(rep, 0), p.model, x, progress=bar,
-                                   **common)
+    clean = smoothing.sample_votes(jax.random.fold_in(rep, 0), p.model, x,
+                                   progress=bar.callback, **common)
   finally:
     bar.close()
   out = {"sigma": sigma, "repeat": r, "clean": _vote_summary(clean, p.y),
@@ -517,8 +522,8 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   t0 = time.time()
   bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} {s.attack}")
   try:
-    adv = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, x_adv, progress=bar,
-                                 **common)
+    adv = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, x_adv,
+                                 progress=bar.callback, **common)
   finally:
     bar.close()
   out["adv"] = _vote_summary(adv, p.y)
@@ -564,7 +569,7 @@ def _certify_point(p: Prepared, sigma: float) -> dict:
     res = certify_lib.certify(key, p.model, x, sigma=sigma, sigma_space=s.sigma_space,
                               n0=s.n0, num_samples=s.certify_n, alpha=s.alpha,
                               batch_size=s.batch_size, indices=np.arange(len(x)),
-                              progress=bar)
+                              progress=bar.callback)
   finally:
     bar.close()
   dt = (time.time() - t0) / max(len(x), 1)

@@ -79,6 +79,8 @@ __all__ = [
     "sample_counts",
     "vote_predictions",
     "topk_correct",
+    "NoisyLogits",
+    "SmoothedProbs",
     "make_logits_fn",
     "make_smoothed_probs_fn",
 ]
@@ -345,8 +347,8 @@ def sample_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mes
 @functools.lru_cache(maxsize=64)
 def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group: int,
                   model_noise: bool, input_noise: bool, sigma_space: str,
-                  unroll: int | bool):
-  """Jitted ``(state, x, index, key, sigma, start, prefixes, acc) -> acc``.
+                  unroll: int, key_impl: str):
+  """Jitted ``(state, x, index, key_data, sigma, start, prefixes, acc) -> acc``.
 
   Each device runs ``steps`` forward passes of ``group`` samples (group > 1 only without model
   noise: images x samples in one batch) for the global samples
@@ -355,7 +357,8 @@ def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group:
   per_device = steps * group
   P = jax.sharding.PartitionSpec
 
-  def local(state, x, index, key, sigma, start, prefixes, acc):
+  def local(state, x, index, key_data, sigma, start, prefixes, acc):
+    key = jax.random.wrap_key_data(key_data, impl=key_impl)
     model = nnx.merge(graphdef, state)
     scale = noise_lib.input_noise_scale(sigma, sigma_space, model.config.std)
     base = start + jax.lax.axis_index(AXIS) * per_device
@@ -414,8 +417,26 @@ def _reducer(mesh):
   return jax.jit(lambda acc: tuple(a.sum(0) for a in acc), out_shardings=rep)
 
 
-def _put(mesh, a, spec=None):
-  return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec or jax.sharding.PartitionSpec()))
+def _put(mesh, tree):
+  """Replicates a pytree of host values on every device of ``mesh`` (also across hosts)."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+  # Multi-host: every process holds the same value and contributes its own devices' copies.
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)),
+                      tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(mesh, shape: tuple[int, ...], dtype) -> Callable[[], jax.Array]:
+  """Zeros sharded over the samples axis (created on the devices, also across hosts)."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+def _fetch(a: jax.Array) -> np.ndarray:
+  """Host copy of a replicated array (its local shard: the whole value, also multi-host)."""
+  return np.asarray(a.addressable_data(0))
 
 
 def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
@@ -517,19 +538,19 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   unroll = steps if unroll is True else max(1, min(int(unroll), steps))
   run = _chunk_runner(graphdef, mesh, vote_objs, steps=steps, group=group,
                       model_noise=bool(model_noise), input_noise=sigma != 0,
-                      sigma_space=sigma_space, unroll=unroll)
+                      sigma_space=sigma_space, unroll=unroll,
+                      key_impl=str(jax.random.key_impl(key)))
   reduce = _reducer(mesh)
   state_d = _put(mesh, state)
-  key_d = _put(mesh, key)
+  key_d = _put(mesh, jax.random.key_data(key))
   sigma_d = _put(mesh, np.float32(sigma))
   pref_d = _put(mesh, pref)
   for lo in range(0, num, chunk):
     hi = min(lo + chunk, num)
     xb = _put(mesh, _pad(np.asarray(x[lo:hi], np.float32), chunk))
     ib = _put(mesh, _pad(indices[lo:hi], chunk))
-    acc = tuple(
-        _put(mesh, np.zeros((n_dev, len(pref), chunk, c), np.int32 if v.integer else np.float32),
-             jax.sharding.PartitionSpec(AXIS)) for v in vote_objs)
+    acc = tuple(_zeros(mesh, (n_dev, len(pref), chunk, c),
+                       np.int32 if v.integer else np.float32)() for v in vote_objs)
     for start in range(0, n_max, per_call):
       acc = run(state_d, xb, ib, key_d, sigma_d, _put(mesh, np.int32(start)), pref_d, acc)
       if progress is not None:
@@ -537,7 +558,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
         progress((hi - lo) * min(per_call, n_max - start))
     res = reduce(acc)
     for v, r in zip(vote_objs, res):
-      out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
+      out[v.name][:, lo:hi] = _fetch(r)[:, :hi - lo]
   return VoteCounts(out, prefixes)
 
 
@@ -567,59 +588,94 @@ def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
 # --------------------------------------------------------------------------------------------
 
 
-def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None
-                   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``logits_fn(x, key) -> logits``: one noisy forward pass, pure and differentiable.
+@jax.tree_util.register_pytree_node_class
+class NoisyLogits:
+  """``logits_fn(x, key) -> logits``: one noisy forward pass, as a pytree (for the attacks).
 
-  ``key`` drives all of the model's noise including the input noise at ``sigma`` (image ``b``
-  of the batch gets ``fold_in(fold_in(key, 0), b)``, as in :func:`sample_votes`).
+  ``key`` drives all of the model's noise including the Gaussian input noise at ``sigma``
+  (image ``b`` of the batch gets ``normal(fold_in(fold_in(key, 0), b))``, as in
+  :func:`sample_votes`). The parameters and ``sigma`` are pytree leaves, so jitted attacks take
+  them as arguments (no recompilation per checkpoint or sigma, no baked-in constants).
+  """
+
+  def __init__(self, graphdef, state, sigma, sigma_space: str, model_noise: bool,
+               input_noise: bool):
+    self.graphdef, self.state, self.sigma = graphdef, state, sigma
+    self.sigma_space, self.model_noise, self.input_noise = sigma_space, model_noise, input_noise
+
+  def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    key = _as_key(key)
+    idx = jnp.arange(x.shape[0], dtype=jnp.int32)
+    return noisy_logits(self.graphdef, self.state, x, key, idx, self.sigma,
+                        sigma_space=self.sigma_space, model_noise=self.model_noise,
+                        input_noise=self.input_noise)
+
+  def tree_flatten(self):
+    return (self.state, self.sigma), (self.graphdef, self.sigma_space, self.model_noise,
+                                      self.input_noise)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(aux[0], children[0], children[1], *aux[1:])
+
+
+@jax.tree_util.register_pytree_node_class
+class SmoothedProbs:
+  """``probs_fn(x, key) -> (B, C)``: summed votes of ``num_samples`` samples / ``num_samples``.
+
+  Pure JAX (one ``lax.scan`` over samples, the image batch inside), a pytree like
+  :class:`NoisyLogits`. Sample ``s`` runs ``logits_fn(x, fold_in(key, s))``.
+  """
+
+  def __init__(self, logits_fn: NoisyLogits, num_samples: int, vote: Vote, unroll: int = 1):
+    self.logits_fn, self.num_samples, self.vote, self.unroll = (logits_fn, int(num_samples),
+                                                                vote, unroll)
+
+  def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    key = _as_key(key)
+    f = self.logits_fn
+    if not f.input_noise and not f.model_noise:  # no noise at all: every sample is the same
+      return self.vote.fn(f(x, key)).astype(jnp.float32)
+
+    def body(acc, s):
+      return acc + self.vote.fn(f(x, jax.random.fold_in(key, s))).astype(jnp.float32), None
+
+    c = jax.eval_shape(f, x, key).shape[-1]
+    acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], c), jnp.float32),
+                          jnp.arange(self.num_samples), unroll=self.unroll)
+    return acc / self.num_samples
+
+  def tree_flatten(self):
+    return (self.logits_fn,), (self.num_samples, self.vote, self.unroll)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(children[0], *aux)
+
+
+def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None) -> NoisyLogits:
+  """``logits_fn(x, key) -> logits`` (:class:`NoisyLogits`): one noisy forward pass.
+
+  Pure and differentiable; ``key`` drives all of the model's noise including the input noise
+  at ``sigma`` (in ``sigma_space`` units; default: the model's own input noise).
   """
   graphdef, state = _split(model)
   cfg = graphdef_config(graphdef, state)
   sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
-  model_noise = cfg.noise.any_model_noise
-
-  def logits_fn(x, key):
-    key = _as_key(key)
-    idx = jnp.arange(x.shape[0], dtype=jnp.int32)
-    return noisy_logits(graphdef, state, x, key, idx, sigma, sigma_space=sigma_space,
-                        model_noise=model_noise, input_noise=sigma != 0)
-
-  return logits_fn
+  return NoisyLogits(graphdef, state, np.float32(sigma), sigma_space,
+                     cfg.noise.any_model_noise, sigma != 0)
 
 
 def make_smoothed_probs_fn(model, *, sigma=None, sigma_space: str | None = None,
                            num_samples: int, vote: str | Vote = "hard",
-                           unroll: int | bool = 1) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``probs_fn(x, key) -> (B, C)`` vote frequencies of an ``num_samples``-sample prediction.
+                           unroll: int = 1) -> SmoothedProbs:
+  """``probs_fn(x, key) -> (B, C)`` vote frequencies of a ``num_samples``-sample prediction.
 
-  Pure JAX (jittable, one ``lax.scan`` over samples, images batched inside), for score-based
-  black-box attacks such as NAttack. Sample ``s`` uses ``fold_in(key, s)`` as in
-  :func:`sample_votes` (image ``b`` of the batch has index ``b``). The result is the summed
-  votes divided by ``num_samples`` (for ``hard``: the fraction of samples voting each class).
+  For score-based black-box attacks such as NAttack (:class:`SmoothedProbs`, jittable). Sample
+  ``s`` uses ``fold_in(key, s)`` as in :func:`sample_votes` (image ``b`` of the batch has index
+  ``b``). For ``hard``: the fraction of samples voting each class.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  graphdef, state = _split(model)
-  cfg = graphdef_config(graphdef, state)
-  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
-  v = get_vote(vote)
-  model_noise = cfg.noise.any_model_noise
-
-  def probs_fn(x, key):
-    key = _as_key(key)
-    idx = jnp.arange(x.shape[0], dtype=jnp.int32)
-    if sigma == 0 and not model_noise:  # no noise at all: every sample is the same
-      return v.fn(models_lib.apply(graphdef, state, x, noise=False)).astype(jnp.float32)
-
-    def body(acc, s):
-      logits = noisy_logits(graphdef, state, x, jax.random.fold_in(key, s), idx, sigma,
-                            sigma_space=sigma_space, model_noise=model_noise,
-                            input_noise=sigma != 0)
-      return acc + v.fn(logits).astype(jnp.float32), None
-
-    acc0 = jnp.zeros((x.shape[0], cfg.num_classes), jnp.float32)
-    acc, _ = jax.lax.scan(body, acc0, jnp.arange(num_samples), unroll=unroll)
-    return acc / num_samples
-
-  return probs_fn
+  return SmoothedProbs(make_logits_fn(model, sigma=sigma, sigma_space=sigma_space), num_samples,
+                       get_vote(vote), unroll)

@@ -197,6 +197,11 @@ def test_probs_and_logits_fns_match_sampling():
       rtol=1e-6)
   g = jax.grad(lambda xx: logits_fn(xx, k)[:, 0].sum())(jnp.asarray(x))
   assert np.abs(np.asarray(g)).sum() > 0
+  # pytrees: parameters and sigma are arguments of a jitted attack, not constants
+  f = jax.jit(lambda fn, xx, kk: fn(xx, kk))
+  a = f(smoothing.make_logits_fn(model, sigma=0.4), x, k)
+  b = f(smoothing.make_logits_fn(model, sigma=0.3), x, k)
+  assert f._cache_size() == 1 and not np.allclose(np.asarray(a), np.asarray(b))
 
 
 def test_bad_arguments():
@@ -223,3 +228,50 @@ def test_resnet20_input_noise_matches_direct():
   logits = np.stack([np.asarray(f(jax.random.fold_in(key, s))) for s in range(3)])
   np.testing.assert_allclose(got["soft_logits"][1], logits.sum(0), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(got["soft_logits"][0], logits[0], rtol=1e-4, atol=1e-4)
+
+
+_MULTIHOST = r'''
+import os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.pop("XLA_FLAGS", None)
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                           process_id=pid)
+import numpy as np
+from tiny_model import TinyLinear, images
+from smoothjax import smoothing
+assert jax.process_count() == 2 and len(jax.devices()) == 2
+v = smoothing.sample_votes(jax.random.key(3), TinyLinear(weight_noise=0.3, scale=0.5), images(5),
+                           sigma=0.3, prefixes=(1, 5, 13), votes=("hard",), batch_size=4,
+                           steps_per_call=2)
+np.save(out, v["hard"])
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed_match_one(tmp_path):
+  """Multi-host path: 2 CPU processes (jax.distributed, gloo), one mesh over both."""
+  import os
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  script = tmp_path / "mh.py"
+  script.write_text(_MULTIHOST)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.path.join(repo, "tests")]))
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port),
+                             str(tmp_path / f"h{i}.npy")], env=env, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+  want = smoothing.sample_votes(jax.random.key(3), TinyLinear(weight_noise=0.3, scale=0.5),
+                                _images(5), sigma=0.3, prefixes=(1, 5, 13), votes=("hard",),
+                                batch_size=4, steps_per_call=2, mesh=_mesh1())["hard"]
+  for i in range(2):
+    np.testing.assert_array_equal(np.load(tmp_path / f"h{i}.npy"), want)
