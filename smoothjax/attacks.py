@@ -158,18 +158,15 @@ class SmoothedProbs:
     self.logits_fn, self.num_samples, self.vote = logits_fn, int(num_samples), vote
 
   def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
-    def body(acc, s):
+    def body(_, s):
       logits = self.logits_fn(x, jax.random.fold_in(key, s))
       if self.vote == "hard":
-        v = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
-      else:
-        v = jax.nn.softmax(logits.astype(jnp.float32), -1)
-      return acc + v, None
+        return None, jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1],
+                                    dtype=jnp.float32)
+      return None, jax.nn.softmax(logits.astype(jnp.float32), -1)
 
-    c = jax.eval_shape(self.logits_fn, x, key).shape[-1]
-    acc, _ = jax.lax.scan(body, jnp.zeros((x.shape[0], c), jnp.float32),
-                          jnp.arange(self.num_samples))
-    return acc / self.num_samples
+    _, votes = jax.lax.scan(body, None, jnp.arange(self.num_samples))  # (n, B, C): small
+    return jnp.mean(votes, 0)
 
   def tree_flatten(self):
     # An opaque logits_fn (a closure) is static; a pytree one (ModelLogits) keeps its leaves.
@@ -362,18 +359,15 @@ def _score(fn, cfg: _Config, xa, y, base_key):
   m = cfg.samples
   keys = jax.vmap(lambda j: jax.random.fold_in(base_key, j))(jnp.arange(m))
 
-  def body(carry, k):
-    lsum, psum = carry
+  def body(_, k):
     logits = fn(xa, k).astype(jnp.float32)
-    p = jax.nn.softmax(logits, -1)
-    lsum = lsum + (_per_example_loss(cfg, logits, y) if cfg.objective == "expect" else 0.0)
-    return (lsum, psum + p), None
+    loss = (_per_example_loss(cfg, logits, y) if cfg.objective == "expect"
+            else jnp.zeros(logits.shape[:1], jnp.float32))
+    return None, (loss, jax.nn.softmax(logits, -1))
 
-  c = jax.eval_shape(fn, xa, keys[0]).shape[-1]
   b = xa.shape[0]
-  (lsum, psum), _ = jax.lax.scan(body, (jnp.zeros((b,), jnp.float32),
-                                        jnp.zeros((b, c), jnp.float32)), keys)
-  pmean = psum / m
+  _, (losses, ps) = jax.lax.scan(body, None, keys)  # (m, B), (m, B, C): small
+  lsum, pmean = jnp.sum(losses, 0), jnp.mean(ps, 0)
   if cfg.objective == "expect":
     loss = lsum / m
   else:
