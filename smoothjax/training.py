@@ -455,8 +455,11 @@ def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: A
     x_adv = attacks.trades_adversary(logits_fn, x, key=key, eps=o.eps, steps=o.steps,
                                      step_size=o.step_size)
   elif o.name == "fast" or o.attack == "fgsm":
-    x_adv = attacks.fgsm(logits_fn, x, y, key=key, eps=o.eps,
-                         random_start=o.name == "fast" or o.random_start, step_size=o.step_size)
+    # Fast AT: from a uniform random start, step `step_size` (1.25 eps); plain FGSM
+    # (random_start=False): one step of size eps (Goodfellow et al.).
+    start = o.name == "fast" or o.random_start
+    x_adv = attacks.fgsm(logits_fn, x, y, key=key, eps=o.eps, random_start=start,
+                         step_size=o.step_size if start else None)
   elif o.attack == "pgd":
     x_adv = attacks.pgd(logits_fn, x, y, key=key, eps=o.eps, steps=o.steps,
                         step_size=o.step_size, random_start=o.random_start)
@@ -792,7 +795,9 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
     model = models_lib.build_model(mcfg, key=k_init)
   else:
     mcfg = model.config
-  if str(_get(config, "init_from", "")):
+  checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep=int(t_cfg.keep), save_best=True)
+  latest = checkpointer.latest_step()
+  if str(_get(config, "init_from", "")) and latest is None:  # a resumed run has its own
     copied, kept = _init_from(model, str(config.init_from))
     _log(f"initialised {copied} arrays from {config.init_from}"
          + (f"; {len(kept)} kept at their initial values ({', '.join(kept[:4])}"
@@ -821,14 +826,12 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
   bat = NamedSharding(mesh, P(BATCH_AXIS))
 
   # Resume.
-  checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep=int(t_cfg.keep), save_best=True)
   worst_ckpt = (ckpt_lib.TrainCheckpointer(workdir / "worst", keep=1, save_best=True)
                 if bool(t_cfg.keep_worst) else None)
   meta_base = {"model_config": mcfg.to_dict(), "config": _config_json(config),
                "dataset": ds.name, "objective": dataclasses.asdict(objective)}
   start = 0
   restored_meta: dict = {}
-  latest = checkpointer.latest_step()
   if latest is not None:
     model_target = ckpt_lib.model_state_dict(model)
     restored_model, restored_train, restored_meta = checkpointer.restore(

@@ -3,7 +3,6 @@
 import numpy as np
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 import pytest
 from flax import nnx
@@ -393,3 +392,23 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
   rows = [r for r in __import__("smoothjax.metrics").metrics.read_metrics(wd)
           if r["split"] == "train"]
   assert rows and all(r["step"] <= 7 for r in rows)
+
+
+def test_init_from_pytorch_keeps_noise_scales(siam_resnet20):
+  """Fine-tuning a noisy model from a plain checkpoint: weights copied, noise scales kept."""
+  pytest.importorskip("torch")
+  from smoothjax import checkpoints
+
+  model = models.build_model("resnet20", noise="pni_w", key=0)
+  alpha_before = nnx.to_pure_dict(nnx.state(model, models.noise_lib.NoiseScale))
+  copied, kept = training._init_from(model, str(siam_resnet20))  # pylint: disable=protected-access
+  assert kept and all(k.endswith("alpha") for k in kept)
+  src, _ = checkpoints.load_model(siam_resnet20)
+  src_flat = _flat(nnx.to_pure_dict(nnx.state(src)))
+  flat = _flat(nnx.to_pure_dict(nnx.state(model)))
+  assert copied == len(src_flat) == len(flat) - len(kept)
+  for path, v in src_flat.items():
+    np.testing.assert_array_equal(flat[path], v)
+  alpha_after = nnx.to_pure_dict(nnx.state(model, models.noise_lib.NoiseScale))
+  for a, b in zip(jax.tree.leaves(alpha_before), jax.tree.leaves(alpha_after)):
+    np.testing.assert_array_equal(a, b)
