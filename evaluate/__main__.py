@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--nattack_population", type=_int, default=100, metavar="P")
   g.add_argument("--nattack_iterations", type=_int, default=100, metavar="T")
   g.add_argument("--sanity_checks", type=_bool, nargs="?", const=True, default=False,
-                 help="run the gradient-masking checks (workdir/sanity_checks.json)")
+                 help="run the gradient-masking checks of smoothjax.attacks (large eps, more "
+                      "steps, FGSM vs PGD, transfer with --source_checkpoint) at the first "
+                      "repeat of every sigma; written to workdir/sanity_checks.json")
+  g.add_argument("--sanity_nattack", type=_bool, nargs="?", const=True, default=False,
+                 help="also compare NAttack (--nattack_* budget) with white-box PGD in the "
+                      "sanity checks (costly; always on with --attack=nattack)")
   g = p.add_argument_group("output")
   g.add_argument("--workdir", required=True, metavar="DIR",
                  help="results.json, results.csv, plots/*.png, certify.tsv, resume state")
@@ -170,6 +175,7 @@ def settings_from_args(args: argparse.Namespace):
       attack_samples=args.attack_samples, restarts=args.restarts,
       source_checkpoint=args.source_checkpoint, nattack_population=args.nattack_population,
       nattack_iterations=args.nattack_iterations, sanity_checks=args.sanity_checks,
+      sanity_nattack=args.sanity_nattack,
       workdir=args.workdir, progress=args.progress)
 
 

@@ -192,6 +192,8 @@ class EvalSettings:
     certify, n0, certify_n, alpha: Cohen et al.'s CERTIFY.
     attack, eps, norm, steps, step_size, attack_samples, restarts, source_checkpoint,
       nattack_population, nattack_iterations, sanity_checks: the attack (``smoothjax.attacks``).
+    sanity_nattack: add the NAttack-vs-white-box comparison to the sanity checks (costly:
+      population x iterations x n forward passes per image; always on for ``attack="nattack"``).
     workdir: output directory.
     progress: show tqdm progress bars on stderr.
   """
@@ -227,6 +229,7 @@ class EvalSettings:
   nattack_population: int = 100
   nattack_iterations: int = 100
   sanity_checks: bool = False
+  sanity_nattack: bool = False
   workdir: str = "runs/evaluate"
   progress: bool = True
 
@@ -312,6 +315,8 @@ def validate(s: EvalSettings) -> EvalSettings:
     raise EvaluationError("source_checkpoint: --attack=transfer needs --source_checkpoint=PATH")
   if s.sanity_checks and s.attack == "none":
     raise EvaluationError("sanity_checks: needs an attack (--attack=pgd, ...)")
+  if s.sanity_nattack and not s.sanity_checks:
+    raise EvaluationError("sanity_nattack: needs --sanity_checks")
   if not s.workdir:
     raise EvaluationError("workdir: required")
   return s
@@ -417,7 +422,7 @@ def _fingerprint(p: Prepared) -> str:
       "attack": [s.attack, s.eps, s.norm, s.steps, s.step_size, s.attack_samples, s.restarts,
                  s.source_checkpoint, s.nattack_population, s.nattack_iterations]
       if s.attack != "none" else "none",
-      "sanity_checks": s.sanity_checks,
+      "sanity_checks": [s.sanity_checks, s.sanity_nattack],
   }
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -543,7 +548,8 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
     checks = p.attacks.run_sanity_checks(
         logits_fn, x, p.y, key=jax.random.fold_in(rep, 3), eps=s.eps, steps=s.steps,
         step_size=s.step_size, accuracy_fn=accuracy_fn, source_logits_fn=source_fn,
-        smoothed_probs_fn=probs_fn, **_accepted(p.attacks.run_sanity_checks, extra))
+        smoothed_probs_fn=probs_fn if (s.sanity_nattack or s.attack == "nattack") else None,
+        **_accepted(p.attacks.run_sanity_checks, extra))
     out["sanity_checks"] = [dict(c, sigma=sigma) for c in checks]
   return out
 
