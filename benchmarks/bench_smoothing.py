@@ -1,6 +1,6 @@
 """Benchmark of smoothed inference (issue 3): Monte-Carlo throughput, one-pass curves, memory.
 
-Run (about 20 minutes on a 2-core CPU; ``--quick`` about 3 minutes)::
+Run (about 15-20 minutes on an idle 2-core CPU; ``--quick``, compile-bound, about 4 minutes)::
 
   python benchmarks/bench_smoothing.py            # full settings, writes results/smoothing.json
   python benchmarks/bench_smoothing.py --quick    # small settings, results/smoothing_quick.json
@@ -84,7 +84,8 @@ def _images(n):
   return np.random.RandomState(0).rand(n, 32, 32, 3).astype(np.float32)
 
 
-def bench_jax_mc(model, x, n, *, votes=("hard",), prefixes=None, sigma=0.12) -> float:
+def bench_jax_mc(model, x, n, *, votes=("hard",), prefixes=None, sigma=0.12,
+                 repeats=1) -> float:
   from smoothjax import smoothing
   kw = dict(sigma=sigma, votes=votes, batch_size=len(x))
   # compile first: the same program shapes (number of prefixes, 4 steps per call), few samples
@@ -92,7 +93,7 @@ def bench_jax_mc(model, x, n, *, votes=("hard",), prefixes=None, sigma=0.12) -> 
   smoothing.sample_votes(0, model, x, num_samples=4 if warm is None else None, prefixes=warm,
                          **kw)
   return _timeit(lambda: smoothing.sample_votes(1, model, x, num_samples=n, prefixes=prefixes,
-                                                **kw))
+                                                **kw), repeats=repeats)
 
 
 def bench_torch_loop(images: int, n: int, sigma: float = 0.12, threads: int | None = None
@@ -257,7 +258,8 @@ def main(argv=None):
 
   noisy = models.build_model("resnet20", noise="cni_w", key=0)
   x = _images(images)
-  t_single = bench_jax_mc(noisy, x, n)
+  reps = 3 if q else 1  # quick runs are short: best of 3
+  t_single = bench_jax_mc(noisy, x, n, repeats=reps)
   mc = images * n / t_single
   res["jax_mc"] = {"samples_per_s": mc, "seconds": t_single, "ratio_vs_plain": mc / plain,
                    "roofline_fraction": mc / roof}
@@ -265,16 +267,23 @@ def main(argv=None):
       f"x{mc / plain:.2f} of plain (target >= 0.9), {100 * mc / roof:.0f}% of roofline")
 
   if "torch" not in skip:
-    tl = bench_torch_loop(images, torch_n)
-    res["torch_loop"] = {"samples_per_s": tl, "passes": torch_n, "ratio_jax_vs_torch": mc / tl}
+    # torch's best thread count (all cores, or 1: on a busy machine OpenMP spinning can make
+    # many threads much slower than one)
+    per_threads = {t: bench_torch_loop(images, torch_n, threads=t)
+                   for t in sorted({1, os.cpu_count() or 1})}
+    best_t = max(per_threads, key=per_threads.get)
+    tl = per_threads[best_t]
+    res["torch_loop"] = {"samples_per_s": tl, "threads": best_t, "passes": torch_n,
+                         "per_threads": per_threads, "ratio_jax_vs_torch": mc / tl}
     log(f"PyTorch reference-style loop ({torch_n} passes)", f"{tl:.0f} smp/s",
-        f"JAX/torch x{mc / tl:.2f} (target >= 1)")
+        f"{best_t} thread(s); JAX/torch x{mc / tl:.2f} (target >= 1)")
 
   if "curve" not in skip:
     prefixes = [2 ** i for i in range(int(np.log2(n)) + 1)]
     if len(prefixes) > 10:
       prefixes = prefixes[-10:]
-    t_curve = bench_jax_mc(noisy, x, n, votes=("hard", "soft", "weighted"), prefixes=prefixes)
+    t_curve = bench_jax_mc(noisy, x, n, votes=("hard", "soft", "weighted"), prefixes=prefixes,
+                           repeats=reps)
     res["curve"] = {"points": prefixes, "votes": 3, "seconds": t_curve,
                     "single_seconds": t_single, "ratio": t_curve / t_single}
     log(f"curve {len(prefixes)} n x 3 votes / one n={n}", f"x{t_curve / t_single:.3f}",
