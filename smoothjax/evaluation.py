@@ -285,7 +285,7 @@ def validate(s: EvalSettings) -> EvalSettings:
   if not isinstance(s.seed, int):
     raise EvaluationError(f"seed: must be an integer, got {s.seed!r}")
   if s.split not in SPLITS:
-    raise EvaluationError(f"split: unknown split {s.split!r}; expected test or train")
+    raise EvaluationError(f"split: unknown split {s.split!r}; expected one of {', '.join(SPLITS)}")
   s.alpha = parse_float(s.alpha, name="alpha")
   if not 0 < s.alpha < 1:
     raise EvaluationError(f"alpha: must be in (0, 1), got {s.alpha:g}")
