@@ -18,6 +18,9 @@ Every file is written atomically (temporary file + ``os.replace``), so a killed 
 finished points behind; rerunning the same command skips them (the fingerprint covers every
 setting that changes the results: a different command never reuses stale points).
 
+Multi-host (``jax.distributed``): every process runs the same command; process 0 writes the
+files, so the workdir must be on a filesystem all processes share (resume reads it everywhere).
+
 Keys: ``root = key(seed)``; repeat ``r`` evaluates with ``fold_in(fold_in(root, 0), r)``
 (clean votes: ``fold_in(., 0)``, attack: ``fold_in(., 1)``, votes on adversarial examples:
 ``fold_in(., 2)``, sanity checks: ``fold_in(., 3)``), the same for every sigma (common random
