@@ -441,9 +441,12 @@ def test_sanity_checks_pass_on_an_honest_model_and_flag_gradient_masking():
   acc = lambda xa: _acc(xa, Y)
   checks = attacks.run_sanity_checks(clean_fn, X, Y, key=KEY, eps=0.05, steps=7,
                                      step_size=0.0125, accuracy_fn=acc,
-                                     source_logits_fn=noisy_fn)
+                                     source_logits_fn=noisy_fn, smoothed_probs_fn=soft_probs,
+                                     nattack_population=50, nattack_iterations=60,
+                                     nattack_images=len(X))
   names = [c["check"] for c in checks]
-  assert names == ["large_eps", "more_steps", "fgsm_weaker", "white_box_vs_transfer"]
+  assert names == ["large_eps", "more_steps", "fgsm_weaker", "white_box_vs_transfer",
+                   "white_box_vs_nattack"]
   assert all(c["passed"] for c in checks), checks
 
   # A masked gradient (Athalye et al.): the model's gradient points the wrong way (value x,
@@ -467,9 +470,38 @@ def test_attack_vs_compute_rows_and_plot(tmp_path):
                       ("epgd", 2, 1)}
   assert all(r["compute"] == r["steps"] * r["samples"] for r in rows)
   assert all(0 <= r["accuracy"] <= 1 for r in rows)
-  out = tmp_path / "avc.png"
-  attacks.plot_attack_vs_compute(rows, out)
-  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # several accuracies of the same examples (e.g. per smoothing n): one row per label
+  rows2 = attacks.attack_vs_compute(noisy_fn, X, Y, key=KEY, eps=0.05, budgets=[(1, 1), (2, 2)],
+                                    attacks=("pgd", "epgd"),
+                                    accuracy_fn=lambda xa: {"n=1": acc(xa), "n=8": 0.5})
+  assert [(r["attack"], r["compute"], r["label"]) for r in rows2] == [
+      ("pgd", 1, "n=1"), ("pgd", 1, "n=8"), ("pgd", 2, "n=1"), ("pgd", 2, "n=8"),
+      ("epgd", 1, "n=1"), ("epgd", 1, "n=8"), ("epgd", 4, "n=1"), ("epgd", 4, "n=8")]
+  for i, r in enumerate((rows, rows2)):
+    out = tmp_path / f"avc{i}.png"
+    attacks.plot_attack_vs_compute(r, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attack_vs_compute_cli_arguments():
+  with pytest.raises(SystemExit):
+    attacks.main(["--checkpoint=x", "--budgets=4by8"])
+  assert attacks._budgets("1x1, 4x8") == [(1, 1), (4, 8)]
+  assert attacks._fraction("8/255") == pytest.approx(8 / 255)
+
+
+@pytest.mark.slow
+def test_attack_vs_compute_cli(siam_resnet20, lossless_npz, tmp_path):
+  out = tmp_path / "plots" / "avc.png"
+  rc = attacks.main([f"--checkpoint={siam_resnet20}", f"--dataset=npz:{lossless_npz}",
+                     "--limit=8", "--sigma=0.05", "--eps=2/255", "--budgets=1x1,1x2",
+                     "--attacks=pgd,epgd", "--n=1,4", f"--out={out}"])
+  assert rc == 0 and out.exists()
+  import json
+  rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+  assert {(r["attack"], r["compute"], r["label"]) for r in rows} == {
+      ("pgd", 1, "n=1"), ("pgd", 1, "n=4"), ("epgd", 1, "n=1"), ("epgd", 1, "n=4"),
+      ("epgd", 2, "n=1"), ("epgd", 2, "n=4")}
 
 
 def test_fgsm_is_weaker_than_pgd_on_a_real_model(siam_resnet20, lossless_npz):
