@@ -12,7 +12,7 @@ Writes ``benchmarks/results/attacks.json`` and prints the JAX / PyTorch ratios.
 
 Usage (from the repository root)::
 
-  python benchmarks/bench_attacks.py            # full run: about 10-15 min on 2 CPU cores
+  python benchmarks/bench_attacks.py            # full run: about 15-20 min on 2 CPU cores
   python benchmarks/bench_attacks.py --quick    # smoke run: tiny batch and budgets, ~2 min
 
 Runs on whatever JAX and PyTorch find (CPU, or a GPU when both see one).
@@ -230,7 +230,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
   quick = args.quick
   batch = args.batch or (8 if quick else 256)
-  reps = args.reps or (1 if quick else 2)
+  reps = args.reps or 1  # timed runs after the compiling one (the best is kept)
   steps = 2 if quick else 7
   samples = 2 if quick else 8
   pop, nat_images, nat_iters = (20, 1, 2) if quick else (300, 2, 3)

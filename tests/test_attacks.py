@@ -1,6 +1,5 @@
 """Attacks: geometry, analytic optima, key derivation, SmoothAdv's gradient, NAttack, crafting."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp
