@@ -571,12 +571,7 @@ def _restore_with(ckptr, step_dir, model_target, train_target, want_model, want_
     raise CheckpointError(f"checkpoint {step_dir} is corrupt: meta is not a JSON object")
   out = {"meta": meta}
   if want_model:
-    try:
-      saved = ckptr.metadata(step_dir).item_metadata["model"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"checkpoint {step_dir} is corrupt: cannot read its model metadata ({_summary(e)})"
-      ) from e
+    saved = _saved_model_metadata(ckptr, step_dir)
     _check_model_fits(saved, model_target, str(step_dir))
   restore = {}
   if want_model:
@@ -833,6 +828,16 @@ def _is_auto(normalization: Any) -> bool:
   return isinstance(normalization, str) and normalization.strip().lower() == "auto"
 
 
+def _saved_model_metadata(ckptr, step_dir):
+  """The array metadata of a step dir's ``model`` item, or a CheckpointError if unreadable."""
+  try:
+    return ckptr.metadata(step_dir).item_metadata["model"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"checkpoint {step_dir} is corrupt: cannot read its model metadata ({_summary(e)})"
+    ) from e
+
+
 def _config_from_flags(step_dir: pathlib.Path, arch, noise, num_classes
                        ) -> models_lib.ModelConfig:
   """The ModelConfig of a checkpoint that does not record one: from ``arch`` and the arrays."""
@@ -841,11 +846,7 @@ def _config_from_flags(step_dir: pathlib.Path, arch, noise, num_classes
         f"checkpoint {step_dir} does not record its model_config in meta: pass arch=...")
   ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_handlers()))
   try:
-    saved = ckptr.metadata(step_dir).item_metadata["model"]
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(
-        f"checkpoint {step_dir} is corrupt: cannot read its model metadata ({_summary(e)})"
-    ) from e
+    saved = _saved_model_metadata(ckptr, step_dir)
   finally:
     ckptr.close()
   shapes = {_path_str(p): getattr(l, "shape", None)

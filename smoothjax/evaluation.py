@@ -502,13 +502,17 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   n_max = max(s.ns)
   common = dict(sigma=sigma, sigma_space=s.sigma_space, prefixes=s.ns, votes=s.votes,
                 batch_size=s.batch_size, indices=idx)
+
+  def votes(key_index, images, label):
+    bar = _Progress(s.progress, len(images), n_max, f"σ={sigma:g} r{r} {label}")
+    try:
+      return smoothing.sample_votes(jax.random.fold_in(rep, key_index), p.model, images,
+                                    progress=bar.callback, **common)
+    finally:
+      bar.close()
+
   t0 = time.time()
-  bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} clean")
-  try:
-    clean = smoothing.sample_votes(jax.random.fold_in(rep, 0), p.model, x,
-                                   progress=bar.callback, **common)
-  finally:
-    bar.close()
+  clean = votes(0, x, "clean")
   out = {"sigma": sigma, "repeat": r, "clean": _vote_summary(clean, p.y),
          "seconds": {"clean": time.time() - t0}}
   if s.attack == "none":
@@ -528,12 +532,7 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   x_adv = np.asarray(x_adv, np.float32)
   out["seconds"]["craft"] = time.time() - t0
   t0 = time.time()
-  bar = _Progress(s.progress, len(x), n_max, f"σ={sigma:g} r{r} {s.attack}")
-  try:
-    adv = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, x_adv,
-                                 progress=bar.callback, **common)
-  finally:
-    bar.close()
+  adv = votes(2, x_adv, s.attack)
   out["adv"] = _vote_summary(adv, p.y)
   out["seconds"]["adv"] = time.time() - t0
   if s.sanity_checks and r == 0:
