@@ -790,7 +790,8 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
     eps: radius in [0, 1] pixel units (>= 0).
     norm: ``"linf"`` or ``"l2"``.
     steps: PGD-family steps (FGSM: 1; ignored by NAttack, which runs ``iterations``).
-    step_size: default ``eps / 4`` (FGSM: ``eps``).
+    step_size: default ``eps / 4`` (FGSM: ``eps``; FGSM with ``random_start=True``: ``1.25 eps``,
+      Wong et al.).
     samples: noise draws per step of EPGD / SmoothAdv / PGD-s (PGD and FGSM use 1).
     restarts: PGD-family restarts.
     source_logits_fn: transfer source model.
@@ -834,7 +835,10 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
     raise ValueError("x must hold images in [0, 1] pixel units (got values outside [0, 1]); "
                      "divide uint8 images by 255")
   if step_size is None:
-    step_size = eps if name == "fgsm" else eps / 4
+    if name == "fgsm":  # Goodfellow et al.: eps; from a random start (Wong et al.): 1.25 eps
+      step_size = 1.25 * eps if kw.get("random_start", False) else eps
+    else:
+      step_size = eps / 4
   step_size = float(step_size)
   if not (math.isfinite(step_size) and step_size >= 0):
     raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")

@@ -17,7 +17,8 @@ after per-channel normalisation with std ``std_c``), the pixel-space noise has p
 
 The guarantee also holds for a model with its own weight / activation noise (a randomised base
 classifier): it is the smoothed classifier over the joint noise, and ``p -> Phi(Phi^-1(p) -
-t)`` is concave, so the bound survives the expectation over the model's noise.
+t)`` is convex for ``t >= 0`` (its derivative ``exp(t z - t^2/2)``, ``z = Phi^-1(p)``, grows
+with ``p``), so by Jensen's inequality the bound survives the expectation over the model's noise.
 
 References:
   Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized Smoothing",

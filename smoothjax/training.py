@@ -178,7 +178,9 @@ class Objective:
     attack: ``"adversarial"``'s example generator, one of :data:`ATTACKS`.
     eps: L-infinity radius in [0, 1] pixel units (8/255 in the reference).
     steps: attack iterations k (PGD-7 in the reference, 10 for TRADES).
-    step_size: attack step a in [0, 1] pixel units (2/255; fast AT: 1.25 eps).
+    step_size: attack step a in [0, 1] pixel units; 0 picks the attack's own default:
+      ``1.25 eps`` for ``"fast"`` (Wong et al.), ``eps`` for plain FGSM (``1.25 eps`` with a
+      random start), ``eps / 4`` otherwise (2/255 at eps = 8/255, the reference's PGD-7).
     samples: noise draws m per attack step for ``epgd`` / ``smoothadv`` (8).
     adv_weight: w in ``w CE(adv) + (1 - w) CE(clean)`` (0.5 in the reference; fast AT 1).
     beta: the TRADES trade-off (6; 1 also reported).
@@ -186,20 +188,36 @@ class Objective:
       at random).
     fixed_noise: ``smoothadv``: draw the m noise samples once per attack (Salman et al.) rather
       than at every step.
+    attack_bn: BatchNorm mode of the model while the examples are crafted: ``"train"`` (batch
+      statistics; the running statistics the attack's forward pass would update are
+      discarded), ``"eval"`` (running statistics), or ``"auto"``: ``"train"`` for ``"fast"``
+      (Wong et al. craft their FGSM with the model in train mode), ``"eval"`` for the others
+      (Madry et al. and the reference craft PGD in eval mode).
   """
 
   name: str = "standard"
   attack: str = "pgd"
   eps: float = 8 / 255
   steps: int = 7
-  step_size: float = 2 / 255
+  step_size: float = 0.0
   samples: int = 8
   adv_weight: float = 0.5
   beta: float = 6.0
   random_start: bool = True
   fixed_noise: bool = False
+  attack_bn: str = "auto"
 
   def __post_init__(self):
+    if self.attack_bn not in ("auto", "train", "eval"):
+      raise ValueError(f"objective.attack_bn must be auto, train or eval, got {self.attack_bn!r}")
+    if self.step_size == 0:  # frozen dataclass: resolve the default once, here
+      if self.name == "fast":
+        step = 1.25 * self.eps
+      elif self.attack == "fgsm" and self.name == "adversarial":
+        step = 1.25 * self.eps if self.random_start else self.eps
+      else:
+        step = self.eps / 4
+      object.__setattr__(self, "step_size", step)
     if self.name not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.name!r}; expected one of {', '.join(OBJECTIVES)}")
     if self.name == "adversarial" and self.attack not in ATTACKS:
@@ -227,6 +245,13 @@ class Objective:
       if v is not None:
         kw[f.name] = type(f.default)(v)  # str, int, float or bool, as the default
     return cls(**kw)
+
+  @property
+  def attack_train_mode(self) -> bool:
+    """Whether the examples are crafted with BatchNorm batch statistics (see ``attack_bn``)."""
+    if self.attack_bn == "auto":
+      return self.name == "fast"
+    return self.attack_bn == "train"
 
   @property
   def needs_adversary(self) -> bool:
@@ -441,13 +466,18 @@ def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: A
                          x: jax.Array, y: jax.Array, *, key: jax.Array) -> jax.Array:
   """The objective's adversarial examples for a batch (held constant: no gradient flows back).
 
-  The attack sees the model in evaluation mode with its noise on; every gradient of the attack
-  uses a fresh noise draw (its keys come from ``key``).
+  The attack sees the model with its noise on, in evaluation mode or, where
+  ``objective.attack_train_mode`` (fast AT), with BatchNorm batch statistics (the running
+  statistics are left as they are); every gradient of the attack uses a fresh noise draw (its
+  keys come from ``key``).
   """
   params = jax.lax.stop_gradient(params)
   rest = jax.lax.stop_gradient(rest)
+  bn_train = objective.attack_train_mode
 
   def logits_fn(xx, kk):
+    if bn_train:
+      return forward(graphdef, params, rest, xx, key=kk, train=True)[0]
     return forward(graphdef, params, rest, xx, key=kk, train=False)
 
   o = objective

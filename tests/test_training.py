@@ -412,3 +412,68 @@ def test_init_from_pytorch_keeps_noise_scales(siam_resnet20):
   alpha_after = nnx.to_pure_dict(nnx.state(model, models.noise_lib.NoiseScale))
   for a, b in zip(jax.tree.leaves(alpha_before), jax.tree.leaves(alpha_after)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_objective_step_size_defaults_follow_the_papers():
+  """step_size 0 (the config default): fast AT 1.25 eps, FGSM eps (1.25 eps from a random
+  start), the PGD family eps/4 (exactly 2/255 at 8/255, the reference's PGD-7)."""
+  eps = 8 / 255
+  assert training.Objective(name="fast", eps=eps).step_size == 1.25 * eps
+  assert training.Objective(name="adversarial", attack="fgsm", eps=eps,
+                            random_start=False).step_size == eps
+  assert training.Objective(name="adversarial", attack="fgsm", eps=eps).step_size == 1.25 * eps
+  assert training.Objective(name="adversarial", eps=eps).step_size == 2 / 255
+  assert training.Objective(name="trades", eps=eps).step_size == 2 / 255
+  assert training.Objective(name="fast", eps=eps, step_size=0.01).step_size == 0.01
+  assert training.Objective.from_config(base.get_config().objective).step_size == 2 / 255
+  with pytest.raises(ValueError, match="attack_bn"):
+    training.Objective(name="fast", attack_bn="batch")
+
+
+def test_fast_at_crafts_with_batch_statistics():
+  """Wong et al. craft fast AT's FGSM with the model in train mode: the examples equal FGSM
+  on the batch-statistics forward pass, differ from the eval-mode ones, and leave the running
+  statistics untouched; attack_bn="eval" gives the eval-mode examples."""
+  from smoothjax import attacks
+  model = TinyNoisyCNN(noise="none", width=8)
+  g, params, rest = _split(model)
+  # Running statistics far from the batch's, so the two BatchNorm modes disagree.
+  rest = jax.tree.map(lambda v: v * 3.0 + 0.5, rest)
+  rng = np.random.RandomState(3)
+  x = jnp.asarray(rng.rand(8, 32, 32, 3), jnp.float32)
+  y = jnp.asarray(rng.randint(0, 10, 8))
+  eps, key = 8 / 255, jax.random.key(1)
+  fast = training.Objective(name="fast", eps=eps)
+  assert fast.attack_train_mode
+  got = training.adversarial_examples(fast, g, params, rest, x, y, key=key)
+  train_fn = lambda xx, kk: training.forward(g, params, rest, xx, key=kk, train=True)[0]
+  eval_fn = lambda xx, kk: training.forward(g, params, rest, xx, key=kk, train=False)
+  want = attacks.fgsm(train_fn, x, y, key=key, eps=eps, random_start=True)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  eval_adv = attacks.fgsm(eval_fn, x, y, key=key, eps=eps, random_start=True)
+  assert np.abs(np.asarray(got) - np.asarray(eval_adv)).max() > eps
+  as_eval = training.Objective(name="fast", eps=eps, attack_bn="eval")
+  np.testing.assert_array_equal(
+      np.asarray(training.adversarial_examples(as_eval, g, params, rest, x, y, key=key)),
+      np.asarray(eval_adv))
+  assert not training.Objective(name="adversarial", eps=eps).attack_train_mode
+
+
+def test_craft_fgsm_random_start_steps_by_1_25_eps():
+  """craft("fgsm", random_start=True) takes Wong et al.'s 1.25 eps step, as fgsm() does."""
+  from smoothjax import attacks
+  import tiny_model
+  model = tiny_model.TinyLinear(hw=4)
+  g, state = nnx.split(model)
+  fn = lambda xx, kk: nnx.merge(g, state)(xx, key=kk)
+  x = tiny_model.images(6, hw=4)
+  x = 0.25 + 0.5 * x  # away from the [0, 1] bounds
+  y = np.arange(6) % 4
+  eps, key = 8 / 255, jax.random.key(0)
+  got = attacks.craft("fgsm", fn, x, y, key=key, eps=eps, random_start=True, batch_size=6)
+  want = attacks.fgsm(fn, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(key, 0),
+                      eps=eps, random_start=True)
+  np.testing.assert_allclose(got, np.asarray(want), atol=1e-7)
+  plain = attacks.fgsm(fn, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(key, 0),
+                       eps=eps, random_start=True, step_size=eps)
+  assert np.abs(got - np.asarray(plain)).max() > 1e-3

@@ -29,8 +29,11 @@ Layout (override any field on the command line: ``--config.optim.lr=0.05``):
   ``gamma``, ``warmup_epochs``, ``peak_fraction`` (one-cycle), ``lookahead_steps`` (0: off),
   ``lookahead_alpha``.
 * ``objective``: ``name`` (standard, adversarial, trades, fast), ``attack`` (pgd, epgd,
-  smoothadv, fgsm), ``eps``, ``steps``, ``step_size`` (pixel units), ``samples`` (EPGD /
-  SmoothAdv m), ``adv_weight`` (w), ``beta`` (TRADES), ``random_start``, ``fixed_noise``.
+  smoothadv, fgsm), ``eps``, ``steps``, ``step_size`` (pixel units; 0: 1.25 eps for fast AT and
+  FGSM from a random start, eps for plain FGSM, eps/4 otherwise), ``samples`` (EPGD /
+  SmoothAdv m), ``adv_weight`` (w), ``beta`` (TRADES), ``random_start``, ``fixed_noise``,
+  ``attack_bn`` (BatchNorm mode while crafting: auto = train for fast AT as Wong et al., eval
+  otherwise; train; eval).
 * ``train``: ``epochs``, ``num_steps`` (> 0 overrides epochs), ``checkpoint_every_steps``,
   ``keep`` (last k checkpoints), ``eval_every_epochs``, ``val_n`` (noise draws of the smoothed
   validation accuracy, soft vote), ``val_limit`` (0: the whole validation split),
@@ -80,8 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_epochs=0.0, peak_fraction=0.4, lookahead_steps=0, lookahead_alpha=0.5))
 
   c.objective = ml_collections.ConfigDict(dict(
-      name="standard", attack="pgd", eps=8 / 255, steps=7, step_size=2 / 255, samples=8,
-      adv_weight=0.5, beta=6.0, random_start=True, fixed_noise=False))
+      name="standard", attack="pgd", eps=8 / 255, steps=7, step_size=0.0, samples=8,
+      adv_weight=0.5, beta=6.0, random_start=True, fixed_noise=False, attack_bn="auto"))
 
   c.train = ml_collections.ConfigDict(dict(
       epochs=400, num_steps=-1, checkpoint_every_steps=1000, keep=3, eval_every_epochs=1,

@@ -10,7 +10,8 @@ Data: the JPEG CIFAR-10 tar ``folder:../shared/data/cifar10_jpeg75.tar`` when it
 the checkout (45,000 train / 5,000 validation / 10,000 test; decoded once into the cache),
 else ``cifar10`` (tfds). Model: ResNet-20 (no noise; ``--config.model.noise=pni_w`` trains a
 noisy one). Each step: FGSM from a uniform random start in [-eps, eps] with step 1.25 eps
-(eps = 8/255), trained on the adversarial examples only; SGD momentum 0.9 (no Nesterov),
+(eps = 8/255), crafted with BatchNorm in train mode (batch statistics) as Wong et al. do,
+trained on the adversarial examples only; SGD momentum 0.9 (no Nesterov),
 weight decay 5e-4, batch 128, one-cycle learning rate 0 -> 0.2 -> 0 over 15 epochs (peak at
 40%), no gradient clipping. Catastrophic overfitting (PGD accuracy collapsing to ~0 while FGSM
 accuracy soars) is caught by PGD-10 accuracy on 512 held-out validation images every epoch;
