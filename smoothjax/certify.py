@@ -35,6 +35,7 @@ import numpy as np
 from scipy import stats
 
 from smoothjax import smoothing
+from smoothjax._utils import as_key
 
 __all__ = [
     "ABSTAIN",
@@ -197,10 +198,10 @@ def certify(key, model, x, *, sigma=None, sigma_space: str | None = None, n0: in
     ValueError: if sigma is not > 0 (certification needs Gaussian input noise) or on bad
       sample counts / alpha.
   """
-  key = smoothing._as_key(key)
-  graphdef, state = smoothing._split(model)
+  key = as_key(key)
+  graphdef, state = smoothing.split_model(model)
   cfg = smoothing.graphdef_config(graphdef, state)
-  sigma, sigma_space = smoothing._resolve_sigma(cfg, sigma, sigma_space)
+  sigma, sigma_space = smoothing.resolve_sigma(cfg, sigma, sigma_space)
   if sigma <= 0:
     raise ValueError("certification needs Gaussian input noise: sigma must be > 0")
   if n0 < 1 or num_samples < 1:

@@ -6,7 +6,7 @@ and votes; optionally an attack and Cohen et al.'s certification. For every sigm
 of ``max(n)`` samples (:func:`smoothjax.smoothing.sample_votes`); adversarial examples are
 crafted once per point and voted on for every ``n``.
 
-Workdir layout (CONTRACT.md)::
+Workdir layout (README's evaluation section)::
 
   results.json, results.csv   flat records (one per vote x n x sigma x attack, + certify rows)
   plots/*.png                 accuracy vs n (per vote), accuracy vs sigma, certified accuracy
@@ -42,8 +42,6 @@ import csv
 import dataclasses
 import fractions
 import hashlib
-import importlib
-import inspect
 import io
 import json
 import math
@@ -56,10 +54,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from smoothjax import attacks
 from smoothjax import certify as certify_lib
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
 from smoothjax import smoothing
+from smoothjax._utils import atomic_write_text, first_line
 
 __all__ = [
     "EvaluationError",
@@ -180,7 +180,7 @@ def parse_normalization(spec: str | None):
 
 @dataclasses.dataclass
 class EvalSettings:
-  """Everything one evaluation needs (the flags of ``python -m evaluate``, CONTRACT.md).
+  """Everything one evaluation needs (the flags of ``python -m evaluate``).
 
   Attributes:
     checkpoint: PyTorch file, train workdir or orbax step directory.
@@ -355,7 +355,6 @@ class Prepared:
   y: np.ndarray
   num_classes: int
   source_model: Any = None
-  attacks: Any = None
   fingerprint: str = ""
 
 
@@ -365,8 +364,7 @@ def _load_model(path: str, s: EvalSettings, what: str):
     return checkpoints.load_model(path, arch=s.arch, noise=s.noise,
                                   normalization=s.normalization, step=s.step)
   except (ValueError, OSError) as e:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise EvaluationError(f"{what}: {msg}") from None
+    raise EvaluationError(f"{what}: {first_line(e)}") from None
 
 
 def prepare(settings: EvalSettings) -> Prepared:
@@ -376,14 +374,6 @@ def prepare(settings: EvalSettings) -> Prepared:
     EvaluationError: any bad setting, missing / bad checkpoint, unknown / bad dataset.
   """
   s = validate(settings)
-  if s.attack != "none":
-    try:
-      attacks = importlib.import_module("smoothjax.attacks")
-    except ModuleNotFoundError:
-      raise EvaluationError(f"attack: --attack={s.attack} needs smoothjax.attacks, which this "
-                            "installation does not have") from None
-  else:
-    attacks = None
   model, info = _load_model(s.checkpoint, s, "checkpoint")
   source = None
   if s.attack == "transfer":
@@ -394,7 +384,7 @@ def prepare(settings: EvalSettings) -> Prepared:
     ds = data_lib.load_dataset(s.dataset, data_dir=s.data_dir)
     x, y = ds.split(s.split)
   except (ValueError, OSError) as e:
-    raise EvaluationError(f"dataset: {str(e).strip().splitlines()[0]}") from None
+    raise EvaluationError(f"dataset: {first_line(e)}") from None
   if s.limit is not None:
     x, y = x[:s.limit], y[:s.limit]
   num_classes = model.config.num_classes
@@ -403,7 +393,7 @@ def prepare(settings: EvalSettings) -> Prepared:
                           f"{num_classes} classes")
   if x.ndim != 4 or x.shape[-1] != 3:
     raise EvaluationError(f"dataset: expected NHWC RGB images, got shape {x.shape}")
-  p = Prepared(s, model, info, x, y, num_classes, source, attacks)
+  p = Prepared(s, model, info, x, y, num_classes, source)
   p.fingerprint = _fingerprint(p)
   return p
 
@@ -431,16 +421,6 @@ def _fingerprint(p: Prepared) -> str:
 
 
 # ------------------------------------------------------------------------------------- output
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _read_json(path: pathlib.Path):
@@ -524,7 +504,7 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   probs_fn = smoothing.make_smoothed_probs_fn(
       p.model, sigma=sigma, sigma_space=s.sigma_space, num_samples=_nattack_samples(s.ns))
   log(f"crafting {s.attack} examples (σ={sigma:g}, repeat {r}) on {len(x)} images")
-  x_adv = p.attacks.craft(
+  x_adv = attacks.craft(
       s.attack, logits_fn, x, p.y, key=jax.random.fold_in(rep, 1), eps=s.eps, norm=s.norm,
       steps=s.steps, step_size=s.step_size, samples=s.attack_samples, restarts=s.restarts,
       source_logits_fn=source_fn, smoothed_probs_fn=probs_fn, population=s.nattack_population,
@@ -547,24 +527,13 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
     extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,
              "nattack_population": s.nattack_population,
              "nattack_iterations": s.nattack_iterations}
-    checks = p.attacks.run_sanity_checks(
+    checks = attacks.run_sanity_checks(
         logits_fn, x, p.y, key=jax.random.fold_in(rep, 3), eps=s.eps, steps=s.steps,
         step_size=s.step_size, accuracy_fn=accuracy_fn, source_logits_fn=source_fn,
         smoothed_probs_fn=probs_fn if (s.sanity_nattack or s.attack == "nattack") else None,
-        **_accepted(p.attacks.run_sanity_checks, extra))
+        **extra)
     out["sanity_checks"] = [dict(c, sigma=sigma) for c in checks]
   return out
-
-
-def _accepted(fn, kwargs: dict) -> dict:
-  """The keyword arguments ``fn`` accepts (optional extras of the attacks interface)."""
-  try:
-    params = inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return {}
-  if any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values()):
-    return dict(kwargs)
-  return {k: v for k, v in kwargs.items() if k in params}
 
 
 def _certify_point(p: Prepared, sigma: float) -> dict:
@@ -647,8 +616,8 @@ def _write_outputs(p: Prepared, records: list[dict], certs: dict, checks: list[d
   from smoothjax import plots  # pylint: disable=import-outside-toplevel
   s = p.settings
   wd = pathlib.Path(s.workdir)
-  _atomic_write(wd / "results.json", json.dumps(records, indent=1) + "\n")
-  _atomic_write(wd / "results.csv", _csv(records))
+  atomic_write_text(wd / "results.json", json.dumps(records, indent=1) + "\n")
+  atomic_write_text(wd / "results.csv", _csv(records))
   rows = [r for r in records if r["vote"] != "certify"]
   for vote in s.votes:
     plots.plot_accuracy_vs_n(rows, wd / "plots" / f"accuracy_vs_n_{vote}.png", vote=vote)
@@ -661,12 +630,12 @@ def _write_outputs(p: Prepared, records: list[dict], certs: dict, checks: list[d
                                                     c["correct"])):
         lines.append(f"{i}\t{lab}\t{pr}\t{rad:.4f}\t{cor}\t{sigma:g}\t"
                      f"{c.get('seconds_per_image', 0):.4f}")
-    _atomic_write(wd / "certify.tsv", "\n".join(lines) + "\n")
+    atomic_write_text(wd / "certify.tsv", "\n".join(lines) + "\n")
     plots.plot_certified_accuracy(
         {sg: (c["radius"], c["correct"]) for sg, c in certs.items()},
         wd / "plots" / "certified_accuracy.png")
   if s.sanity_checks:
-    _atomic_write(wd / "sanity_checks.json", json.dumps(checks, indent=1) + "\n")
+    atomic_write_text(wd / "sanity_checks.json", json.dumps(checks, indent=1) + "\n")
 
 
 def _sigma_name(sigma: float) -> str:
@@ -697,7 +666,7 @@ def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None 
   pdir = pathlib.Path(s.workdir) / "points" / p.fingerprint
   if writer:
     pdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(pdir / "settings.json",
+    atomic_write_text(pdir / "settings.json",
                   json.dumps(dataclasses.asdict(s), indent=1, default=str) + "\n")
   points: dict = {}
   checks: list[dict] = []
@@ -711,7 +680,7 @@ def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None 
       else:
         pt = _eval_point(p, sigma, r, log)
         if writer:
-          _atomic_write(path, json.dumps(pt) + "\n")
+          atomic_write_text(path, json.dumps(pt) + "\n")
       points[(sigma, r)] = pt
       for c in pt.get("sanity_checks", []):
         checks.append(c)
@@ -732,7 +701,7 @@ def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None 
       else:
         c = _certify_point(p, sigma)
         if writer:
-          _atomic_write(path, json.dumps(c) + "\n")
+          atomic_write_text(path, json.dumps(c) + "\n")
       certs[sigma] = c
   if skipped:
     log(f"resumed: {skipped} finished point(s) reused from {pdir}")

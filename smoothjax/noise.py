@@ -4,7 +4,7 @@ Every piece is a pure function of an explicit ``key``; the learnable noise scale
 :class:`NoiseScale` variables (a subclass of ``nnx.Param``, so they train with the rest of the
 model but can be filtered out of weight decay, as PNI does).
 
-Semantics follow REFERENCE.md §2:
+Semantics follow He et al. (PNI, 2019) and Zheltonozhskii et al. (CNI, 2020):
 
 * **Input noise**: ``x + sigma * N(0, I)``. ``sigma`` is in [0, 1] pixel units by default
   (``sigma_space="pixel"``, Cohen et al.), or in normalised units (``"normalized"``: added after

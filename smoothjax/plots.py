@@ -4,6 +4,8 @@
   a line per (sigma, attack), error bars = std over repeats (the paper's main plot).
 * :func:`plot_accuracy_vs_sigma`: accuracy against sigma at the largest ``n``, a line per
   (vote, attack).
+* :func:`plot_attack_vs_compute`: accuracy against attack compute k * m (the paper's Fig. 0.B.3),
+  from :func:`smoothjax.attacks.attack_vs_compute`'s rows.
 * :func:`plot_certified_accuracy`: Cohen et al.'s certified accuracy against the L2 radius, a
   line per sigma, from the per-image radii.
 
@@ -18,7 +20,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_accuracy_vs_n", "plot_accuracy_vs_sigma", "plot_certified_accuracy"]
+__all__ = ["plot_accuracy_vs_n", "plot_accuracy_vs_sigma", "plot_certified_accuracy",
+           "plot_attack_vs_compute"]
 
 
 def _pyplot():
@@ -115,4 +118,41 @@ def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Seq
   if per_sigma:
     ax.legend(fontsize=7)
   _save(fig, path)
+  plt.close(fig)
+
+
+def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = None) -> None:
+  """Plots accuracy against compute k * m (PNG via matplotlib's Agg).
+
+  One line per attack and number of samples m (k varies along it; PGD has m = 1), one colour
+  per line; rows with a ``"label"`` (e.g. ``"n=1"``, ``"n=64"``: the smoothing the examples
+  were scored with) get one line style per label.
+  """
+  plt = _pyplot()
+
+  curves: dict[tuple, list[dict]] = {}
+  for r in rows:
+    curves.setdefault((r["attack"], r["samples"], r.get("label") or ""), []).append(r)
+  series = sorted({(a, m) for a, m, _ in curves}, key=lambda am: (am[0] != "pgd", am))
+  labels = sorted({lbl for _, _, lbl in curves},
+                  key=lambda s: (len(s), s))  # "n=1" before "n=64"
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  styles = ["--", "-", ":", "-."]
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  for (a, m, lbl), rs in sorted(curves.items()):
+    rs = sorted(rs, key=lambda r: r["compute"])
+    name = a if a == "pgd" else f"{a} m={m}"
+    if lbl:
+      name += f" ({lbl})"
+    ax.plot([r["compute"] for r in rs], [100 * r["accuracy"] for r in rs], marker="o",
+            color=colors[series.index((a, m)) % len(colors)],
+            linestyle=styles[labels.index(lbl) % len(styles)], label=name)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("attack compute k·m (gradient evaluations)")
+  ax.set_ylabel("accuracy under attack (%)")
+  ax.set_title(title or "Attack vs compute")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
   plt.close(fig)

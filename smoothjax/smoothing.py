@@ -1,6 +1,6 @@
 """Smoothed inference: Monte-Carlo sampling of a noisy classifier and its votes.
 
-The smoothed classifier (REFERENCE.md §1; Nemcovsky et al. 2019, Cohen et al. 2019) is
+The smoothed classifier (Nemcovsky et al. 2019, Cohen et al. 2019) is
 ``argmax_c sum_s v(f(x + eta_s; W_s), c)`` over ``n`` Monte-Carlo samples, for a voting
 function ``v``. This module draws the samples and accumulates the votes; the statistics of
 Cohen et al.'s PREDICT / CERTIFY live in :mod:`smoothjax.certify`.
@@ -32,8 +32,8 @@ Sampling semantics (fixed, so that results never depend on chunking or device co
   ``jax.make_array_from_process_local_data``, and every process gets the full counts, equal to
   a one-process run (``smoothjax.evaluation`` writes its files from process 0 only).
 
-Votes (REFERENCE.md §1): ``hard`` (majority of argmaxes, ties -> lowest class id), ``soft`` (mean
-softmax, the paper's eq. 13), ``soft_logits`` (mean logits, the reference implementation),
+Votes (Nemcovsky et al. 2019): ``hard`` (majority of argmaxes, ties -> lowest class id), ``soft``
+(mean softmax, the paper's eq. 13), ``soft_logits`` (mean logits, the reference implementation),
 ``weighted`` (rank weights ``w(r) = 2^-r``), ``weighted_topK`` (``w(r) = 1[r < K]``), or any
 :class:`Vote` / :func:`weighted_vote` with a user weight function.
 
@@ -66,6 +66,8 @@ from flax import nnx
 
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
+from smoothjax._utils import as_key as _as_key
+from smoothjax._utils import pad_rows
 
 __all__ = [
     "AXIS",
@@ -83,6 +85,8 @@ __all__ = [
     "VoteCounts",
     "sample_mesh",
     "noisy_logits",
+    "split_model",
+    "resolve_sigma",
     "sample_votes",
     "sample_counts",
     "vote_predictions",
@@ -263,21 +267,19 @@ def topk_correct(votes, labels, *, k: int = 5) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _split(model) -> tuple[nnx.GraphDef, nnx.State]:
+def split_model(model) -> tuple[nnx.GraphDef, nnx.State]:
+  """``(graphdef, state)`` of an NNX model (``nnx.split``), or the pair itself."""
   if isinstance(model, tuple):
     return model
   return nnx.split(model)
 
 
-def _as_key(key) -> jax.Array:
-  if isinstance(key, (int, np.integer)):
-    return jax.random.key(int(key))
-  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(key)
-  return key
+def resolve_sigma(cfg: models_lib.ModelConfig, sigma, sigma_space) -> tuple[float, str]:
+  """``(sigma, sigma_space)``: the model's own input noise when ``sigma`` is ``None``, checked.
 
-
-def _resolve_sigma(cfg: models_lib.ModelConfig, sigma, sigma_space) -> tuple[float, str]:
+  Raises:
+    ValueError: an unknown ``sigma_space`` or a negative / non-finite ``sigma``.
+  """
   if sigma is None:
     sigma = cfg.noise.input_sigma
     sigma_space = sigma_space or cfg.noise.sigma_space
@@ -487,9 +489,9 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     ValueError: on a bad sigma, sample count, prefix or vote.
   """
   key = _as_key(key)
-  graphdef, state = _split(model)
+  graphdef, state = split_model(model)
   cfg = graphdef_config(graphdef, state)
-  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
+  sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
   if prefixes is None:
     if num_samples is None:
       raise ValueError("pass num_samples or prefixes")
@@ -530,7 +532,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   if deterministic:
     run = _deterministic_runner(graphdef, vote_objs)
     for lo in range(0, num, chunk):
-      xb = _pad(np.asarray(x[lo:lo + chunk], np.float32), chunk)
+      xb = pad_rows(np.asarray(x[lo:lo + chunk], np.float32), chunk)
       res = run(state, xb, pref)
       hi = min(lo + chunk, num)
       for v, r in zip(vote_objs, res):
@@ -558,8 +560,8 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   pref_d = _put(mesh, pref)
   for lo in range(0, num, chunk):
     hi = min(lo + chunk, num)
-    xb = _put(mesh, _pad(np.asarray(x[lo:hi], np.float32), chunk))
-    ib = _put(mesh, _pad(indices[lo:hi], chunk))
+    xb = _put(mesh, pad_rows(np.asarray(x[lo:hi], np.float32), chunk))
+    ib = _put(mesh, pad_rows(indices[lo:hi], chunk))
     acc = tuple(_zeros(mesh, (n_dev, len(pref), chunk, c),
                        np.int32 if v.integer else np.float32)() for v in vote_objs)
     for start in range(0, n_max, per_call):
@@ -571,13 +573,6 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     for v, r in zip(vote_objs, res):
       out[v.name][:, lo:hi] = _fetch(r)[:, :hi - lo]
   return VoteCounts(out, prefixes)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-  if a.shape[0] == size:
-    return a
-  pad = np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)
-  return np.concatenate([a, pad])
 
 
 def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
@@ -670,9 +665,9 @@ def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None) -> Nois
   Pure and differentiable; ``key`` drives all of the model's noise including the input noise
   at ``sigma`` (in ``sigma_space`` units; default: the model's own input noise).
   """
-  graphdef, state = _split(model)
+  graphdef, state = split_model(model)
   cfg = graphdef_config(graphdef, state)
-  sigma, sigma_space = _resolve_sigma(cfg, sigma, sigma_space)
+  sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
   return NoisyLogits(graphdef, state, np.float32(sigma), sigma_space,
                      cfg.noise.any_model_noise, sigma != 0)
 

@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 from smoothjax import attacks
+from smoothjax.attacks import _pgd as attacks_pgd
+from smoothjax.cli import attacks as attacks_cli
 from smoothjax import models
 
 HW, C = 4, 5
@@ -250,8 +252,8 @@ def test_smoothadv_gradient_matches_finite_differences():
   y = np.array([0, 1, 2])
   fd = _fd_grad(_smoothadv_loss(_keys(base, m), y), x)
   for draws in ("loop", "vmap"):
-    cfg = attacks._Config(steps=1, objective="smooth", samples=m, draws=draws)
-    g = np.asarray(attacks._loss_grad(noisy_fn, cfg, jnp.asarray(x), jnp.asarray(y), base))
+    cfg = attacks_pgd._Config(steps=1, objective="smooth", samples=m, draws=draws)
+    g = np.asarray(attacks_pgd._loss_grad(noisy_fn, cfg, jnp.asarray(x), jnp.asarray(y), base))
     np.testing.assert_allclose(g, fd, rtol=1e-2, atol=1e-3)
   # The attack itself (fixed noise, no random start): its draws are fold_in(k_fixed, j) with
   # k_fixed derived from the key as documented; one step follows the sign of the FD gradient.
@@ -270,12 +272,12 @@ def test_smoothadv_gradient_matches_finite_differences():
 def test_epgd_gradient_is_the_mean_of_single_draw_gradients():
   m, base = 3, jax.random.key(5)
   x, y = jnp.asarray(X[:4]), jnp.asarray(Y[:4])
-  cfg = attacks._Config(steps=1, samples=m)
-  g = attacks._loss_grad(noisy_fn, cfg, x, y, base)
+  cfg = attacks_pgd._Config(steps=1, samples=m)
+  g = attacks_pgd._loss_grad(noisy_fn, cfg, x, y, base)
   single = [jax.grad(lambda v: jnp.sum(attacks.cross_entropy(noisy_fn(v, k), y)))(x)
             for k in _keys(base, m)]
   np.testing.assert_allclose(np.asarray(g), np.mean(single, 0), rtol=1e-5, atol=1e-6)
-  gv = attacks._loss_grad(noisy_fn, attacks._Config(steps=1, samples=m, draws="vmap"), x, y,
+  gv = attacks_pgd._loss_grad(noisy_fn, attacks_pgd._Config(steps=1, samples=m, draws="vmap"), x, y,
                           base)
   np.testing.assert_allclose(np.asarray(gv), np.asarray(g), rtol=1e-5, atol=1e-6)
 
@@ -394,12 +396,12 @@ def test_compiles_once_per_function_and_model_pytrees_do_not_recompile():
   # (or another sigma) reuses the compiled attack.
   g1, s1 = nnx.split(TinyConvNet(0))
   _, s2 = nnx.split(TinyConvNet(1))
-  before = attacks._attack_jit._cache_size()
+  before = attacks_pgd._attack_jit._cache_size()
   a = attacks.pgd(attacks.model_logits_fn(g1, s1, sigma=0.1), X, Y, key=KEY, eps=0.03,
                   steps=2, step_size=0.01)
   b = attacks.pgd(attacks.model_logits_fn(g1, s2, sigma=0.2), X, Y, key=KEY, eps=0.03,
                   steps=2, step_size=0.01)
-  assert attacks._attack_jit._cache_size() == before + 1
+  assert attacks_pgd._attack_jit._cache_size() == before + 1
   assert not np.array_equal(np.asarray(a), np.asarray(b))
   # and it is the model: sigma = 0 gives the attack on the noise-free model
   fn0 = attacks.model_logits_fn(g1, s1, sigma=0.0)
@@ -484,15 +486,15 @@ def test_attack_vs_compute_rows_and_plot(tmp_path):
 
 def test_attack_vs_compute_cli_arguments():
   with pytest.raises(SystemExit):
-    attacks.main(["--checkpoint=x", "--budgets=4by8"])
-  assert attacks._budgets("1x1, 4x8") == [(1, 1), (4, 8)]
-  assert attacks._fraction("8/255") == pytest.approx(8 / 255)
+    attacks_cli.main(["--checkpoint=x", "--budgets=4by8"])
+  assert attacks_cli._budgets("1x1, 4x8") == [(1, 1), (4, 8)]
+  assert attacks_cli._fraction("8/255") == pytest.approx(8 / 255)
 
 
 @pytest.mark.slow
 def test_attack_vs_compute_cli(siam_resnet20, lossless_npz, tmp_path):
   out = tmp_path / "plots" / "avc.png"
-  rc = attacks.main([f"--checkpoint={siam_resnet20}", f"--dataset=npz:{lossless_npz}",
+  rc = attacks_cli.main([f"--checkpoint={siam_resnet20}", f"--dataset=npz:{lossless_npz}",
                      "--limit=8", "--sigma=0.05", "--eps=2/255", "--budgets=1x1,1x2",
                      "--attacks=pgd,epgd", "--n=1,4", f"--out={out}"])
   assert rc == 0 and out.exists()

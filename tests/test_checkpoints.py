@@ -1,7 +1,6 @@
 """Checkpoints: orbax round trips, TrainCheckpointer bookkeeping, load_model, bad files."""
 
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from smoothjax import data
+from smoothjax.data import _sources as data_sources
 from conftest import shared_path  # tests/ is on sys.path (pytest's default import mode)
 
 DatasetError = data.DatasetError
@@ -258,8 +259,8 @@ def test_folder_cache_reuse(tmp_path, monkeypatch):
   tar = _tar_of(src, tmp_path / "tree.tar")
   cache = tmp_path / "cache"
   calls = []
-  decode = data._decode_image
-  monkeypatch.setattr(data, "_decode_image", lambda b, w: calls.append(w) or decode(b, w))
+  decode = data_sources._decode_image
+  monkeypatch.setattr(data_sources, "_decode_image", lambda b, w: calls.append(w) or decode(b, w))
   for spec in (f"folder:{src}", f"folder:{tar}"):
     calls.clear()
     data.load_dataset(spec, cache_dir=cache)
@@ -423,14 +424,14 @@ def test_tfds_offline_error_is_fast(tmp_path, monkeypatch, case):
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
                       lambda *a, **k: pytest.fail("must not try to download"))
   if case == "no_tensorflow":
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: False)
     reason = "TensorFlow"
   elif case == "host_unreachable":
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: True)
-    monkeypatch.setitem(data._TFDS_DOWNLOAD_HOSTS, "cifar10", ("127.0.0.1", _closed_port()))
+    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: True)
+    monkeypatch.setitem(data_sources._TFDS_DOWNLOAD_HOSTS, "cifar10", ("127.0.0.1", _closed_port()))
     reason = "not reachable"
   else:
-    if data._tensorflow_available():
+    if data_sources._tensorflow_available():
       pytest.skip("TensorFlow is installed here: the unpatched case could really download")
     reason = "TensorFlow"
   empty = tmp_path / "tfds_empty"

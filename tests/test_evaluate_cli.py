@@ -1,4 +1,4 @@
-"""Tests of ``python -m evaluate`` (CONTRACT.md): records, outputs, resume, bad input."""
+"""Tests of ``python -m evaluate`` (README, "Evaluation"): records, outputs, resume, bad input."""
 
 import json
 import os
@@ -171,9 +171,8 @@ def test_attack_wiring_with_a_stub_attacks_module(tiny, tmp_path, monkeypatch):
     return [{"check": "stub_ok", "passed": True, "detail": f"acc={acc}"},
             {"check": "stub_bad", "passed": False, "detail": "always fails"}]
 
-  stub = types.ModuleType("smoothjax.attacks")
-  stub.craft, stub.run_sanity_checks = craft, run_sanity_checks
-  monkeypatch.setitem(sys.modules, "smoothjax.attacks", stub)
+  stub = types.SimpleNamespace(craft=craft, run_sanity_checks=run_sanity_checks)
+  monkeypatch.setattr(evaluation, "attacks", stub)
   logs = []
   s = evaluation.EvalSettings(checkpoint=tiny["ckpt"], dataset=tiny["data"], sigmas=(0.0,),
                               ns=(1, 8, 16), votes=("hard",), attack="pgd", eps=8 / 255,

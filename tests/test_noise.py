@@ -1,4 +1,4 @@
-"""Statistics and invariances of the noise pieces (REFERENCE.md §2)."""
+"""Statistics and invariances of the noise pieces (He et al. 2019; Zheltonozhskii et al. 2020)."""
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,8 @@ def test_cni_weight_noise_covariance():
   s = _draws(layer, w).reshape(_DRAWS, size)
   emp = np.cov(s, rowvar=False)
   std_w = np.std(np.asarray(w), ddof=1)
-  expected = np.diag(np.abs(std_w * np.asarray(alpha_d)).reshape(-1)) + np.asarray(f) @ np.asarray(f).T
+  f = np.asarray(f)
+  expected = np.diag(np.abs(std_w * np.asarray(alpha_d)).reshape(-1)) + f @ f.T
   # Entry-wise standard error of a sample covariance: sqrt((S_ii S_jj + S_ij^2) / N).
   d = np.diag(expected)
   se = np.sqrt((np.outer(d, d) + expected ** 2) / _DRAWS)

@@ -150,6 +150,7 @@ PRESETS = sorted(p.stem for p in (REPO / "train" / "configs").glob("*.py")
 
 def test_every_preset_is_documented_and_valid():
   from smoothjax import training
+  from smoothjax.training import _config as training_config
   from train.__main__ import parse_flags
 
   assert {"smoke", "resnet20_madry", "resnet20_pni_w", "resnet20_cni_w", "epgd_finetune",
@@ -162,11 +163,11 @@ def test_every_preset_is_documented_and_valid():
     cfg = parse_flags([f"--config={path}", "--workdir=/tmp/unused"]).config
     if cfg.init_required:
       with pytest.raises(ValueError, match="init_from"):
-        training._check_config(cfg)  # pylint: disable=protected-access
+        training_config._check_config(cfg)  # pylint: disable=protected-access
       cfg.init_from = "runs/resnet20_cni_w"
-    training._check_config(cfg)  # pylint: disable=protected-access
+    training_config._check_config(cfg)  # pylint: disable=protected-access
     training.model_config_from(cfg.model, num_classes=100 if "cifar100" in name else 10)
-  # The reference recipe (REFERENCE.md §5).
+  # The reference recipe (Nemcovsky et al.'s CNI-W training).
   c = parse_flags(["--config=train/configs/resnet20_cni_w.py", "--workdir=/tmp/u"]).config
   assert (c.train.epochs, tuple(c.optim.milestones), c.optim.clip_norm, c.optim.lr,
           c.optim.weight_decay, c.data.batch_size, c.optim.nesterov) == (

@@ -11,6 +11,7 @@ from flax import traverse_util
 from smoothjax import data as data_lib
 from smoothjax import models
 from smoothjax import training
+from smoothjax.training import _loop as training_loop
 from train.configs import base
 
 
@@ -401,7 +402,7 @@ def test_init_from_pytorch_keeps_noise_scales(siam_resnet20):
 
   model = models.build_model("resnet20", noise="pni_w", key=0)
   alpha_before = nnx.to_pure_dict(nnx.state(model, models.noise_lib.NoiseScale))
-  copied, kept = training._init_from(model, str(siam_resnet20))  # pylint: disable=protected-access
+  copied, kept = training_loop._init_from(model, str(siam_resnet20))  # pylint: disable=protected-access
   assert kept and all(k.endswith("alpha") for k in kept)
   src, _ = checkpoints.load_model(siam_resnet20)
   src_flat = _flat(nnx.to_pure_dict(nnx.state(src)))

@@ -1,1 +1,1 @@
-"""``python -m train``: the training command line (see :mod:`train.__main__`)."""
+"""``python -m train`` from the repository root (:mod:`smoothjax.cli.train`) and its presets."""

@@ -7,7 +7,7 @@ Command::
   python -m train --config=train/configs/resnet20_madry.py --workdir=runs/resnet20_madry \\
       --config.data.dataset=folder:../shared/data/cifar10_jpeg75.tar
 
-Recipe (REFERENCE.md §5): loss 0.5 CE(x_adv) + 0.5 CE(x), x_adv = PGD-7 (eps 8/255, step 2/255,
+Recipe (Madry et al. 2018): loss 0.5 CE(x_adv) + 0.5 CE(x), x_adv = PGD-7 (eps 8/255, step 2/255,
 random start) on the model in eval mode; SGD Nesterov 0.9, lr 0.1, weight decay 1e-4, batch
 256, 400 epochs, lr x0.1 at epochs 100/200/300, gradient-norm clipping 0.05; random crop +
 flip; best checkpoint by clean validation accuracy (last 5,000 training images).

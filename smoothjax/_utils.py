@@ -1,0 +1,118 @@
+"""Small helpers shared by the modules of smoothjax (one copy each; not public API)."""
+
+from __future__ import annotations
+
+import contextlib
+import fractions
+import os
+import pathlib
+import tempfile
+from typing import IO, Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def as_key(key) -> jax.Array:
+  """A typed PRNG key from a typed key, raw ``uint32`` key data or an int seed.
+
+  Raises:
+    ValueError: anything else.
+  """
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    return jax.random.key(int(key))
+  if not isinstance(key, (jax.Array, np.ndarray)):
+    raise ValueError(f"key must be a jax.random.key(...) or an int seed, got {type(key)}")
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(key)
+  return key
+
+
+def pad_rows(a: np.ndarray, size: int, *, fill: str = "zeros") -> np.ndarray:
+  """``a`` padded along its first axis to ``size`` rows.
+
+  Args:
+    a: the array (``len(a) <= size``).
+    size: the number of rows wanted.
+    fill: ``"zeros"`` or ``"edge"`` (repeats the last row: a real input, e.g. an image an
+      attack can work on, so that early stopping over the batch is not held up by padding).
+  """
+  if a.shape[0] == size:
+    return a
+  if fill == "edge":
+    pad = np.repeat(a[-1:], size - a.shape[0], axis=0)
+  else:
+    pad = np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)
+  return np.concatenate([a, pad])
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message (its type name when the message is empty)."""
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def parse_fraction(text: str) -> float:
+  """``"8/255"``, ``"0.5"`` or ``"1e-3"`` as a float (``fractions.Fraction`` syntax).
+
+  Raises:
+    ValueError: not a number.
+  """
+  try:
+    return float(fractions.Fraction(str(text).strip()))
+  except (ValueError, ZeroDivisionError):
+    raise ValueError(f"{text!r} is not a number (fractions like 8/255 are fine)") from None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """Opens a temporary file beside ``path`` that replaces ``path`` when the block succeeds.
+
+  The file is flushed and synced before the rename, so a killed process leaves either the
+  old file or the new one, never half of one; on an error the temporary file is removed.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+  with atomic_open(path) as f:
+    f.write(text)
+
+
+_REQUIRED = object()
+
+
+def config_value(cfg: Any, name: str, default: Any = _REQUIRED) -> Any:
+  """``cfg.name`` of a ConfigDict, dict or object.
+
+  Configs are built from ``train/configs/base.py``, the one place their defaults are set, so
+  a missing field is an error unless the caller gives a ``default`` (a typed config's own, as
+  in ``Objective.from_config``).
+
+  Raises:
+    ValueError: the field is missing and no default was given.
+  """
+  if isinstance(cfg, Mapping):
+    if name in cfg:
+      return cfg[name]
+  elif cfg is not None and hasattr(cfg, name):
+    return getattr(cfg, name)
+  if default is _REQUIRED:
+    raise ValueError(f"the config has no field {name!r} (build configs from "
+                     "train/configs/base.py's get_config())")
+  return default

@@ -1,0 +1,328 @@
+"""Safe import of PyTorch CIFAR ResNets (the reference and akamaster layouts) as smoothjax models.
+
+Files are read with ``torch.load(..., weights_only=True)`` only: a file whose pickle would run
+code is refused (:class:`CheckpointError`), never loaded with ``weights_only=False``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from flax import traverse_util
+
+from smoothjax import models as models_lib
+from smoothjax.checkpoints._common import (CheckpointError, _abstract_model,
+                                           _initial_values, _is_auto, parse_normalization)
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CheckpointError(
+        "reading PyTorch checkpoints needs PyTorch: pip install 'smoothjax[torch]'") from e
+  return torch
+
+
+def _unsafe_reason(message: str) -> str:
+  """The line of a weights_only failure that names what the pickle wanted to run."""
+  for line in message.splitlines():
+    line = line.strip()
+    if "GLOBAL" in line or "Unsupported" in line:
+      return line
+  return message.strip().splitlines()[-1] if message.strip() else "unknown reason"
+
+
+def _find_state_dict(obj: Any, path: pathlib.Path) -> Mapping[str, Any]:
+  torch = _import_torch()
+
+  def is_state_dict(d):
+    return isinstance(d, Mapping) and d and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+  if is_state_dict(obj):
+    return obj
+  if isinstance(obj, Mapping):
+    for name in ("state_dict", "model_state_dict", "model", "net"):
+      if is_state_dict(obj.get(name)):
+        return obj[name]
+  keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+  raise CheckpointError(
+      f"{path}: no state dict found (expected a mapping of parameter names to tensors, or a dict "
+      f"with one under 'state_dict'); found {keys}")
+
+
+def _torch_load(path: pathlib.Path) -> Any:
+  """``torch.load(path, map_location="cpu", weights_only=True)`` with CheckpointErrors."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CheckpointError(f"PyTorch checkpoint {path} does not exist or is not a file")
+  torch = _import_torch()
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise CheckpointError(
+        f"refusing to load {path}: it is not a plain weights file, loading it would need to "
+        f"execute code from the file ({_unsafe_reason(str(e))}). Only files that load with "
+        "torch.load(weights_only=True) are accepted.") from None
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise CheckpointError(
+        f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: {first}") from e
+  return obj
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a PyTorch checkpoint's state dict as NumPy arrays, without running any code.
+
+  The file is read with ``torch.load(path, map_location="cpu", weights_only=True)``: PyTorch's
+  restricted unpickler only rebuilds tensors and plain containers. A pickle that asks for anything
+  else (e.g. a ``__reduce__`` payload calling a function) is refused.
+
+  Args:
+    path: a ``.pth``/``.pth.tar``/``.th`` file holding a state dict, or a dict with one under
+      ``state_dict`` (also ``model_state_dict``, ``model``, ``net``).
+
+  Returns:
+    ``{name: array}`` in the file's order (``num_batches_tracked`` entries included).
+
+  Raises:
+    CheckpointError: the file is missing or unreadable, holds no state dict, or would need to
+      execute code to load.
+  """
+  path = pathlib.Path(path)
+  obj = _torch_load(path)
+  sd = _find_state_dict(obj, path)
+  return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  if state_dict and all(k.startswith("module.") for k in state_dict):
+    return {k[len("module."):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def _head_name(keys) -> str | None:
+  has_fc = any(k.startswith("fc.") for k in keys)
+  has_linear = any(k.startswith("linear.") for k in keys)
+  if has_fc == has_linear:
+    return None
+  return "fc" if has_fc else "linear"
+
+
+def detect_family(state_dict: Mapping[str, Any]) -> str:
+  """The checkpoint family of a CIFAR ResNet state dict: ``'reference'`` or ``'akamaster'``.
+
+  akamaster's files name the head ``linear`` (and carry DataParallel's ``module.`` prefix); the
+  reference implementation names it ``fc`` and has ``downsample`` projection shortcuts.
+
+  Raises:
+    CheckpointError: the state dict is not one of a CIFAR ResNet of either family.
+  """
+  sd = _strip_prefix(state_dict)
+  head = _head_name(sd)
+  if head is None or "conv1.weight" not in sd or not any(k.startswith("layer1.") for k in sd):
+    sample = ", ".join(list(sd)[:6])
+    raise CheckpointError(
+        "not a CIFAR ResNet state dict of a known family (expected conv1, bn1, layer1..3 and a "
+        f"head named 'fc' (reference) or 'linear' (akamaster)); keys start with: {sample}")
+  return "reference" if head == "fc" else "akamaster"
+
+
+
+_BN_FIELDS = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
+              ("running_var", "var"))
+
+
+def _torch_layout(n: int, shortcut: str, head: str, sc_name: str):
+  """[(torch name, flax path, kind)] of a CIFAR ResNet-(6n+2), in PyTorch's order."""
+  out = [("conv1.weight", ("conv1", "kernel"), "conv")]
+  out += [(f"bn1.{t}", ("bn1", f), "bn") for t, f in _BN_FIELDS]
+  idx = 0
+  for stage in (1, 2, 3):
+    for b in range(n):
+      pre = f"layer{stage}.{b}"
+      for c in ("1", "2"):
+        out.append((f"{pre}.conv{c}.weight", ("blocks", idx, f"conv{c}", "kernel"), "conv"))
+        out += [(f"{pre}.bn{c}.{t}", ("blocks", idx, f"bn{c}", f), "bn") for t, f in _BN_FIELDS]
+      if shortcut == "B" and stage > 1 and b == 0:
+        out.append((f"{pre}.{sc_name}.0.weight", ("blocks", idx, "down_conv", "kernel"), "conv"))
+        out += [(f"{pre}.{sc_name}.1.{t}", ("blocks", idx, "down_bn", f), "bn")
+                for t, f in _BN_FIELDS]
+      idx += 1
+  out.append((f"{head}.weight", ("fc", "kernel"), "linear"))
+  out.append((f"{head}.bias", ("fc", "bias"), "bn"))
+  return out
+
+
+def _to_flax(kind: str, w: np.ndarray) -> np.ndarray:
+  if kind == "conv":
+    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+  if kind == "linear":
+    return w.T  # (out, in) -> (in, out)
+  return w
+
+
+def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  if kind == "conv":
+    h, w, i, o = flax_shape
+    return (o, i, h, w)
+  if kind == "linear":
+    return tuple(reversed(flax_shape))
+  return tuple(flax_shape)
+
+
+def _blocks_per_stage(sd: Mapping[str, Any]) -> int:
+  counts = []
+  for stage in (1, 2, 3):
+    idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+    if not idx or idx != set(range(len(idx))):
+      raise CheckpointError(
+          f"not a CIFAR ResNet state dict: layer{stage} blocks are {sorted(idx)}, expected 0..n-1")
+    counts.append(len(idx))
+  if len(set(counts)) != 1:
+    raise CheckpointError(
+        f"not a CIFAR ResNet state dict: stages have {counts} blocks, expected equal counts")
+  return counts[0]
+
+
+def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], *,
+                     arch: str | None = None, noise: Any = "none",
+                     normalization: Any = "auto", num_classes: int | None = None,
+                     key: jax.Array | int = 0) -> tuple[nnx.Module, dict]:
+  """Builds a smoothjax CIFAR ResNet holding the weights of a PyTorch checkpoint.
+
+  The family (reference / akamaster), shortcut (B if the file has projection shortcuts, else A),
+  depth (from the number of blocks per stage) and number of classes (from the head) come from the
+  state dict. Noise parameters of a noisy ``noise`` keep their initial values.
+
+  Args:
+    path_or_state_dict: a PyTorch file (read with :func:`load_torch_state_dict`) or a state dict
+      (``{name: array or tensor}``, with or without the ``module.`` prefix).
+    arch: ``resnet20`` ... ``resnet110``; default: inferred. If given, it must match the file.
+    noise: the model's noise (:class:`smoothjax.noise.NoiseConfig` or a ``--noise`` spec).
+    normalization: ``"auto"`` (the family's), or an override (see :func:`parse_normalization`).
+    num_classes: default: the head's size. If given, it must match the file.
+    key: PRNG key (or seed) of the initial values of the parameters not in the file (noise).
+
+  Returns:
+    ``(model, info)``; ``info`` has ``family``, ``arch``, ``shortcut``, ``num_classes``,
+    ``normalization`` (``{"mean", "std", "source"}``), ``model_config``, ``checkpoint`` (the
+    path, or ``None``), ``step`` (``None``), ``torch_meta`` (other scalar entries of the file's
+    dict, e.g. ``epoch``, ``best_prec1``).
+
+  Raises:
+    CheckpointError: unsafe or unreadable file, unknown layout, unexpected or missing parameters,
+      or a parameter whose shape does not fit the requested model (the message names the first).
+  """
+  checkpoint = None
+  torch_meta: dict = {}
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    checkpoint = str(path_or_state_dict)
+    obj = _torch_load(pathlib.Path(path_or_state_dict))
+    sd = _find_state_dict(obj, pathlib.Path(path_or_state_dict))
+    raw = {k: v.detach().cpu().numpy() for k, v in sd.items()}
+    torch_meta = _torch_scalars(obj)
+  elif isinstance(path_or_state_dict, Mapping):
+    raw = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+           for k, v in path_or_state_dict.items()}
+  else:
+    raise CheckpointError(
+        f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+
+  family = detect_family(raw)
+  sd = {k: v for k, v in _strip_prefix(raw).items() if not k.endswith(".num_batches_tracked")}
+  head = _head_name(sd)
+  sc_name = next((s for s in ("downsample", "shortcut")
+                  if any(f".{s}.0.weight" in k for k in sd)), None)
+  shortcut = "B" if sc_name else "A"
+  n = _blocks_per_stage(sd)
+  inferred = f"resnet{6 * n + 2}"
+  if inferred not in models_lib.ARCHS:
+    raise CheckpointError(f"checkpoint is a ResNet-{6 * n + 2}, which smoothjax does not build "
+                          f"(supported: {', '.join(models_lib.ARCHS)})")
+  if arch is not None and arch != inferred:
+    if arch not in models_lib.ARCHS:
+      raise CheckpointError(f"unknown arch {arch!r}; expected one of {', '.join(models_lib.ARCHS)}")
+    raise CheckpointError(
+        f"checkpoint is a {inferred} ({n} blocks per stage), but arch={arch!r} was requested")
+  head_w = sd.get(f"{head}.weight")
+  file_classes = int(head_w.shape[0]) if head_w is not None and head_w.ndim == 2 else None
+  if num_classes is None:
+    if file_classes is None:
+      raise CheckpointError(f"cannot infer num_classes: no 2-D '{head}.weight' in the checkpoint")
+    num_classes = file_classes
+  mean, std = parse_normalization(normalization, family)
+  try:
+    config = models_lib.ModelConfig(arch=inferred, num_classes=int(num_classes),
+                                    shortcut=shortcut, noise=noise, mean=mean, std=std)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+  layout = _torch_layout(n, shortcut, head, sc_name or "downsample")
+  # Build without running the initialisers (an eager initialiser compiles for every shape: slow
+  # on CPU); the variables that the file does not hold (noise scales) get their initial values.
+  model = _abstract_model(config)
+  covered = {fpath for _, fpath, _ in layout}
+  uncovered = [p for p in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+               if p not in covered]
+  expected = {name for name, _, _ in layout}
+  unexpected = [k for k in sd if k not in expected]
+  if unexpected:
+    more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
+    raise CheckpointError(
+        f"unexpected parameters for a {family} {inferred} (shortcut {shortcut}): "
+        f"{', '.join(unexpected[:5])}{more}")
+  state = nnx.state(model)
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+  problems = []
+  for name, fpath, kind in layout:
+    want = _torch_shape(kind, tuple(flat[fpath].shape))
+    if name not in sd:
+      problems.append(f"parameter '{name}' is missing from the checkpoint (expected shape {want})")
+    elif tuple(sd[name].shape) != want:
+      problems.append(f"parameter '{name}' has shape {tuple(sd[name].shape)} in the checkpoint, "
+                      f"but {inferred} with {num_classes} classes expects {want}")
+    else:
+      flat[fpath] = np.asarray(_to_flax(kind, sd[name]), np.float32)
+  if problems:
+    more = f" ({len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+    raise CheckpointError(f"checkpoint does not fit the model: {problems[0]}{more}")
+  if uncovered:
+    flat.update(zip(uncovered, _initial_values(config, key, uncovered)))
+  flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
+  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
+  nnx.update(model, state)
+  info = {
+      "checkpoint": checkpoint,
+      "family": family,
+      "arch": inferred,
+      "shortcut": shortcut,
+      "num_classes": int(num_classes),
+      "normalization": {"mean": list(mean), "std": list(std),
+                        "source": "auto" if _is_auto(normalization) else "override"},
+      "model_config": config.to_dict(),
+      "step": None,
+      "torch_meta": torch_meta,
+  }
+  return model, info
+
+
+
+def _torch_scalars(obj: Any) -> dict:
+  """Scalar entries (epoch, best_prec1, ...) of a loaded PyTorch checkpoint dict."""
+  torch = _import_torch()
+  out = {}
+  if isinstance(obj, Mapping):
+    for k, v in obj.items():
+      if isinstance(v, torch.Tensor) and v.ndim == 0:
+        v = v.item()
+      if isinstance(k, str) and isinstance(v, (int, float, str, bool)):
+        out[k] = v
+  return out
+

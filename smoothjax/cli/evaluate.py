@@ -1,0 +1,226 @@
+"""``python -m evaluate``: evaluate a smoothed classifier (flags and records: README.md).
+
+Examples::
+
+  # clean accuracy of the reference's ResNet-20 (no noise), sigma = 0, one sample
+  python -m evaluate --checkpoint=../shared/weights/siam/resnet20_regular_model_best.pth.tar \\
+      --dataset=npz:../shared/data/cifar10_lossless_3k.npz --sigma=0 --n=1 --workdir=runs/siam0
+
+  # the accuracy-vs-n curve at sigma = 0.12 (one pass of 256 samples), every vote, 3 repeats
+  python -m evaluate --checkpoint=... --dataset=npz:... --sigma=0.12 \\
+      --n=1,2,4,8,16,32,64,128,256 --repeats=3 --limit=200 --workdir=runs/siam_curve
+
+  # Cohen et al. certification
+  python -m evaluate --checkpoint=... --sigma=0.25 --certify --n0=100 --certify_n=10000 \\
+      --limit=100 --workdir=runs/cert
+
+Bad input prints one line on stderr and exits with status 2, before anything is written.
+``evaluate/__main__.py`` and the ``smoothjax-evaluate`` console script call :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+__all__ = ["build_parser", "settings_from_args", "main"]
+
+_DESCRIPTION = """\
+Smoothed inference (Nemcovsky et al.) of a CIFAR classifier: accuracy of the Monte-Carlo
+smoothed classifier for every sample count n in --n (all from one pass of max(n) samples) and
+every vote, for each input-noise sigma, optionally under an attack, and Cohen et al.'s
+certification. Writes results.json, results.csv, plots/*.png (and certify.tsv,
+sanity_checks.json) to --workdir; a rerun of the same command resumes from finished points.
+Flags take the form --flag=value; lists are comma-separated; fractions like 8/255 are accepted
+wherever a float is."""
+
+_EPILOG = """\
+examples:
+  # clean accuracy of the reference implementation's ResNet-20 (sigma = 0, one sample)
+  python -m evaluate --checkpoint=../shared/weights/siam/resnet20_regular_model_best.pth.tar \\
+      --dataset=npz:../shared/data/cifar10_lossless_3k.npz --sigma=0 --n=1 --workdir=runs/siam0
+  # accuracy vs n at sigma = 0.12 (normalised units, as the reference), every vote, 3 repeats
+  python -m evaluate --checkpoint=... --dataset=... --sigma=0.12 --sigma_space=normalized \\
+      --n=1,2,4,8,16,32,64,128,256 --repeats=3 --limit=200 --workdir=runs/curve
+  # PGD-7 at 8/255 against the smoothed classifier
+  python -m evaluate --checkpoint=runs/cniw --attack=pgd --eps=8/255 --steps=7 --workdir=...
+  # Cohen et al. certification
+  python -m evaluate --checkpoint=... --sigma=0.25 --certify --certify_n=10000 --limit=100 \\
+      --workdir=runs/cert
+
+exit status: 0 on success; 2 on bad input (one line on stderr, nothing written)."""
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (exit status 2)."""
+
+  def error(self, message):  # noqa: D401
+    self.exit(2, f"evaluate: error: {message}\n")
+
+
+def _bool(s: str) -> bool:
+  t = str(s).strip().lower()
+  if t in ("1", "true", "yes", "on"):
+    return True
+  if t in ("0", "false", "no", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"{s!r} is not a boolean (true/false)")
+
+
+def _int(s: str) -> int:
+  try:
+    return int(s)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+
+
+def _list(value) -> str:
+  return value if isinstance(value, str) else ",".join(str(v) for v in value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The argument parser of ``python -m evaluate``.
+
+  Its defaults are :class:`smoothjax.evaluation.EvalSettings`' (the one place they are set).
+  """
+  from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
+  d = {f.name: f.default for f in dataclasses.fields(evaluation.EvalSettings)}
+  p = _Parser(prog="python -m evaluate", description=_DESCRIPTION, epilog=_EPILOG,
+              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  g = p.add_argument_group("model")
+  g.add_argument("--checkpoint", required=True, metavar="PATH",
+                 help="PyTorch file (.pth, .pth.tar, .th; reference or akamaster layout), a "
+                      "train workdir (best checkpoint if kept, else latest) or an orbax step dir")
+  g.add_argument("--step", type=_int, default=d["step"], metavar="N",
+                 help="step of a train workdir (default: best, else latest)")
+  g.add_argument("--arch", default=d["arch"], metavar="NAME",
+                 help="resnet20|32|44|56|110, wrn34_10, wrn28_4: only when the checkpoint does "
+                      "not say")
+  g.add_argument("--noise", default=d["noise"], metavar="SPEC",
+                 help="model noise when the checkpoint does not record it: none (default for "
+                      "PyTorch files), pni_w, pni_a, cni_w, combined with '+'")
+  g.add_argument("--normalization", default=d["normalization"], metavar="NAME",
+                 help="auto (from the checkpoint family) or MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,"
+                      "STD_B")
+  g = p.add_argument_group("data")
+  g.add_argument("--dataset", default=d["dataset"], metavar="SPEC",
+                 help="cifar10 (default), cifar100, npz:PATH, folder:PATH (dir or .tar)")
+  g.add_argument("--data_dir", default=d["data_dir"], metavar="DIR", help="tfds data directory")
+  g.add_argument("--split", default=d["split"], metavar="NAME", help="test (default) or train")
+  g.add_argument("--limit", type=_int, default=d["limit"], metavar="N",
+                 help="only the first N images of the split")
+  g = p.add_argument_group("smoothing")
+  g.add_argument("--sigma", default=_list(d["sigmas"]), metavar="LIST",
+                 help="Gaussian input-noise stds (default 0), in --sigma_space units")
+  g.add_argument("--sigma_space", default=d["sigma_space"], choices=("pixel", "normalized"),
+                 help="pixel: [0,1] pixel units (Cohen et al., default); normalized: after the "
+                      "per-channel normalisation (the reference implementation)")
+  g.add_argument("--n", default=_list(d["ns"]), metavar="LIST",
+                 help="Monte-Carlo sample counts, all from one pass of max(n) samples "
+                      "(default 1,2,4,...,512)")
+  g.add_argument("--vote", default=_list(d["votes"]), metavar="LIST",
+                 help="hard (majority of argmax), soft (mean softmax, the paper), soft_logits "
+                      "(mean logits, the reference), weighted (rank weights 2^-r), "
+                      "weighted_topK; default: the first four")
+  g.add_argument("--repeats", type=_int, default=d["repeats"], metavar="R",
+                 help="independent evaluations: accuracy = mean, accuracy_std = sample std")
+  g.add_argument("--seed", type=_int, default=d["seed"], metavar="S")
+  g.add_argument("--batch_size", type=_int, default=d["batch_size"], metavar="B",
+                 help="images x samples per forward pass (default 256)")
+  g = p.add_argument_group("certification (Cohen et al.)")
+  g.add_argument("--certify", type=_bool, nargs="?", const=True, default=d["certify"],
+                 help="run CERTIFY at every sigma > 0; radii are L2 in [0,1] pixel units")
+  g.add_argument("--n0", type=_int, default=d["n0"], help="selection samples (default 100)")
+  g.add_argument("--certify_n", type=_int, default=d["certify_n"],
+                 help="estimation samples (default 100000)")
+  g.add_argument("--alpha", default=d["alpha"], help="failure probability (default 0.001)")
+  g = p.add_argument_group("attack")
+  g.add_argument("--attack", default=d["attack"], metavar="NAME",
+                 help="none (default), fgsm, pgd, epgd, smoothadv, pgd_s, transfer, nattack")
+  g.add_argument("--eps", default=d["eps"], metavar="E",
+                 help="attack radius in [0,1] pixel units (default 8/255)")
+  g.add_argument("--norm", default=d["norm"], metavar="linf|l2")
+  g.add_argument("--steps", type=_int, default=d["steps"], metavar="K",
+                 help="attack iterations (default 7; fgsm 1)")
+  g.add_argument("--step_size", default=d["step_size"], metavar="A",
+                 help="step size in [0,1] pixel units (default: the attack's, eps/4 for PGD)")
+  g.add_argument("--attack_samples", type=_int, default=d["attack_samples"], metavar="M",
+                 help="noise draws per gradient (default 8 for epgd/smoothadv/pgd_s, else 1)")
+  g.add_argument("--restarts", type=_int, default=d["restarts"], metavar="R")
+  g.add_argument("--source_checkpoint", default=d["source_checkpoint"], metavar="PATH",
+                 help="transfer: the model the examples are crafted on")
+  g.add_argument("--nattack_population", type=_int, default=d["nattack_population"],
+                 metavar="P")
+  g.add_argument("--nattack_iterations", type=_int, default=d["nattack_iterations"],
+                 metavar="T")
+  g.add_argument("--sanity_checks", type=_bool, nargs="?", const=True,
+                 default=d["sanity_checks"],
+                 help="run the gradient-masking checks of smoothjax.attacks (large eps, more "
+                      "steps, FGSM vs PGD, transfer with --source_checkpoint) at the first "
+                      "repeat of every sigma; written to workdir/sanity_checks.json")
+  g.add_argument("--sanity_nattack", type=_bool, nargs="?", const=True,
+                 default=d["sanity_nattack"],
+                 help="also compare NAttack (--nattack_* budget) with white-box PGD in the "
+                      "sanity checks (costly; always on with --attack=nattack)")
+  g = p.add_argument_group("output")
+  g.add_argument("--workdir", required=True, metavar="DIR",
+                 help="results.json, results.csv, plots/*.png, certify.tsv, resume state")
+  g.add_argument("--progress", type=_bool, nargs="?", const=True, default=d["progress"],
+                 help="progress bars on stderr (default true)")
+  return p
+
+
+def settings_from_args(args: argparse.Namespace):
+  """Parsed flags -> :class:`smoothjax.evaluation.EvalSettings` (validated later)."""
+  from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
+  return evaluation.EvalSettings(
+      checkpoint=args.checkpoint, arch=args.arch, noise=args.noise,
+      normalization=args.normalization, step=args.step, dataset=args.dataset,
+      data_dir=args.data_dir, split=args.split, limit=args.limit,
+      sigmas=evaluation.parse_float_list(args.sigma, name="sigma"),
+      sigma_space=args.sigma_space, ns=evaluation.parse_int_list(args.n, name="n"),
+      votes=tuple(v.strip() for v in _list(args.vote).split(",")), repeats=args.repeats,
+      seed=args.seed, batch_size=args.batch_size, certify=args.certify, n0=args.n0,
+      certify_n=args.certify_n, alpha=evaluation.parse_float(args.alpha, name="alpha"),
+      attack=args.attack, eps=evaluation.parse_float(args.eps, name="eps"), norm=args.norm,
+      steps=args.steps,
+      step_size=(None if args.step_size is None
+                 else evaluation.parse_float(args.step_size, name="step_size")),
+      attack_samples=args.attack_samples, restarts=args.restarts,
+      source_checkpoint=args.source_checkpoint, nattack_population=args.nattack_population,
+      nattack_iterations=args.nattack_iterations, sanity_checks=args.sanity_checks,
+      sanity_nattack=args.sanity_nattack,
+      workdir=args.workdir, progress=args.progress)
+
+
+def main(argv=None) -> int:
+  """Runs ``python -m evaluate``; returns the exit status (0 ok, 2 bad input)."""
+  args = build_parser().parse_args(argv)
+  from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
+  try:
+    settings = settings_from_args(args)
+    prepared = evaluation.prepare(settings)
+  except evaluation.EvaluationError as e:
+    print(f"evaluate: error: {e}", file=sys.stderr)
+    return 2
+  records = evaluation.run(prepared)
+  s = prepared.settings
+  n_max = max(s.ns)
+  for r in records:
+    if r["vote"] == "certify":
+      continue
+    if r["n"] == n_max and r["vote"] == s.votes[0]:
+      print(f"σ={r['sigma']:g} {r['attack']:>9} {r['vote']:>11} n={r['n']:<6} "
+            f"accuracy={100 * r['accuracy']:.2f}% ± {100 * r['accuracy_std']:.2f} "
+            f"top5={100 * r['top5']:.2f}%")
+  for r in records:
+    if r["vote"] == "certify" and r["radius"] in (0.0, 0.25, 0.5):
+      print(f"σ={r['sigma']:g} certified accuracy at radius {r['radius']:g}: "
+            f"{100 * r['accuracy']:.2f}% (abstain {100 * r['abstain']:.1f}%)")
+  print(f"wrote {len(records)} records to {s.workdir}/results.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
