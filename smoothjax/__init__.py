@@ -3,6 +3,7 @@
 Submodules:
   noise        Gaussian input noise, PNI (weights, activations), CNI colored weight noise
   models       CIFAR ResNets and Wide-ResNets with noise; pure ``apply`` / ``apply_train``
+  classifier   the model interface (``Classifier``) and ``FunctionClassifier`` for any classifier
   data         CIFAR through tfds, ``.npz`` and image-folder / tar sources; augmentation; batches
   checkpoints  orbax checkpoints; safe import of PyTorch checkpoints (reference, akamaster)
   smoothing    Monte-Carlo sampling, votes, one-pass accuracy-vs-n curves, sharded over devices
@@ -10,7 +11,10 @@ Submodules:
   attacks      FGSM, PGD, EPGD, SmoothAdv, PGD-s, transfer, NAttack, sanity checks
   training     training objectives, optimisers and the resumable training loop
   evaluation   the driver behind ``python -m evaluate``
-  plots        accuracy-vs-n, accuracy-vs-sigma, certified-accuracy plots
+  plots        accuracy-vs-n, accuracy-vs-sigma, certified-accuracy, attack-vs-compute plots
+  cli          the command lines (``python -m train``, ``python -m evaluate``)
+
+The layout is described in docs/architecture.md.
 
 Example:
   >>> import jax, smoothjax
@@ -21,15 +25,17 @@ Example:
 
 import importlib
 
+from smoothjax import classifier
 from smoothjax import models
 from smoothjax import noise
+from smoothjax.classifier import Classifier, FunctionClassifier
 from smoothjax.models import ModelConfig, build_model
 from smoothjax.noise import NoiseConfig, parse_noise
 
 __version__ = "0.1.0"
 
 _LAZY = ("data", "checkpoints", "smoothing", "certify", "attacks", "training", "evaluation",
-         "plots", "metrics")
+         "plots", "metrics", "cli")
 
 
 def __getattr__(name):
@@ -39,5 +45,5 @@ def __getattr__(name):
   raise AttributeError(f"module 'smoothjax' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "NoiseConfig", "build_model", "parse_noise", "models", "noise",
-           *_LAZY]
+__all__ = ["Classifier", "FunctionClassifier", "ModelConfig", "NoiseConfig", "build_model",
+           "parse_noise", "classifier", "models", "noise", *_LAZY]
