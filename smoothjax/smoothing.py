@@ -449,6 +449,25 @@ def _fetch(a: jax.Array) -> np.ndarray:
   return np.asarray(a.addressable_data(0))
 
 
+def _check_plan(num_samples, prefixes, votes) -> tuple[list[int], int, tuple[Vote, ...]]:
+  """Sorted prefixes, ``n_max`` and the :class:`Vote` objects of a :func:`sample_votes` call."""
+  if prefixes is None:
+    if num_samples is None:
+      raise ValueError("pass num_samples or prefixes")
+    prefixes = (num_samples,)
+  prefixes = sorted({int(p) for p in prefixes})
+  if not prefixes or prefixes[0] < 1:
+    raise ValueError(f"sample counts must be positive integers, got {prefixes}")
+  n_max = int(num_samples) if num_samples is not None else prefixes[-1]
+  if n_max < prefixes[-1]:
+    raise ValueError(f"num_samples={n_max} is smaller than the largest prefix {prefixes[-1]}")
+  vote_objs = tuple(get_vote(v) for v in votes)
+  names = [v.name for v in vote_objs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"duplicate votes {names}")
+  return prefixes, n_max, vote_objs
+
+
 def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
                  num_samples: int | None = None, prefixes: Iterable[int] | None = None,
                  votes: Sequence[str | Vote] = DEFAULT_VOTES, batch_size: int = 256,
@@ -492,20 +511,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   graphdef, state = split_model(model)
   cfg = graphdef_config(graphdef, state)
   sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
-  if prefixes is None:
-    if num_samples is None:
-      raise ValueError("pass num_samples or prefixes")
-    prefixes = (num_samples,)
-  prefixes = sorted({int(p) for p in prefixes})
-  if not prefixes or prefixes[0] < 1:
-    raise ValueError(f"sample counts must be positive integers, got {prefixes}")
-  n_max = int(num_samples) if num_samples is not None else prefixes[-1]
-  if n_max < prefixes[-1]:
-    raise ValueError(f"num_samples={n_max} is smaller than the largest prefix {prefixes[-1]}")
-  vote_objs = tuple(get_vote(v) for v in votes)
-  names = [v.name for v in vote_objs]
-  if len(set(names)) != len(names):
-    raise ValueError(f"duplicate votes {names}")
+  prefixes, n_max, vote_objs = _check_plan(num_samples, prefixes, votes)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if model_noise is None:
