@@ -11,6 +11,7 @@ from smoothjax import attacks
 from smoothjax.attacks import _pgd as attacks_pgd
 from smoothjax.cli import attacks as attacks_cli
 from smoothjax import models
+from tiny_model import TinyConvNet
 
 HW, C = 4, 5
 D = HW * HW * 3
@@ -45,21 +46,6 @@ def inoisy_fn(x, key):
 
 def soft_probs(x, key):
   return jax.nn.softmax(clean_fn(x, key) / 4)  # soft enough for NAttack's probability floor
-
-
-class TinyConvNet(nnx.Module):
-  """A one-conv NNX model with the smoothjax model interface (input noise at ``sigma``)."""
-
-  def __init__(self, seed):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    self.kernel = nnx.Param(0.5 * jax.random.normal(k1, (3, 3, 3, 4)))
-    self.head = nnx.Param(jax.random.normal(k2, (4, C)))
-
-  def __call__(self, x, *, key=None, train=False, sigma=None, noise=True):
-    if noise and key is not None and sigma is not None:
-      x = x + sigma * jax.random.normal(jax.random.fold_in(key, 0), x.shape)
-    h = jax.nn.relu(models.conv2d(x, self.kernel[...], 1, 1)).mean((1, 2))
-    return h @ self.head[...]
 
 
 def _images(n, seed=1):

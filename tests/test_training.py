@@ -12,38 +12,8 @@ from smoothjax import data as data_lib
 from smoothjax import models
 from smoothjax import training
 from smoothjax.training import _loop as training_loop
+from tiny_model import TinyNoisyCNN
 from train.configs import base
-
-
-class TinyNoisyCNN(nnx.Module):
-  """A small CNN with the smoothjax model interface and semantics (fast to compile).
-
-  Input noise from ``fold_in(key, 0)`` (per image), PNI-W weight noise on the conv from
-  ``fold_in(key, 1)`` (one draw per pass), BatchNorm, global average pooling, linear head.
-  """
-
-  def __init__(self, *, noise="pni_w", input_sigma=0.0, num_classes=10, width=8, key=0):
-    self.config = models.ModelConfig("resnet20", num_classes=num_classes,
-                                     noise=models.noise_lib.parse_noise(
-                                         noise, input_sigma=input_sigma))
-    rngs = nnx.Rngs(params=jax.random.key(key))
-    counter = models._KeyCounter()  # pylint: disable=protected-access
-    cfg = self.config.noise
-    self.conv = models.NoisyConv(3, width, 3, stride=2, cfg=cfg, counter=counter,
-                                 out_spatial=16, rngs=rngs)
-    self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                            rngs=rngs)
-    self.fc = models.NoisyLinear(width, num_classes, weight_noise=None, cfg=cfg,
-                                 counter=counter, rngs=rngs)
-
-  def __call__(self, x, *, key=None, train=False, sigma=None, noise=True):
-    cfg = self.config
-    if key is not None and noise and cfg.noise.input_sigma:
-      x = models.noise_lib.add_input_noise(jax.random.fold_in(key, 0), x, cfg.noise.input_sigma,
-                                           std=cfg.std)
-    x = (x - jnp.asarray(cfg.mean)) / jnp.asarray(cfg.std)
-    h = nnx.relu(self.bn(self.conv(x, key if noise else None), use_running_average=not train))
-    return self.fc(h.mean(axis=(1, 2)), None)
 
 
 def _optim(**kw):
