@@ -404,15 +404,16 @@ def accuracy_ci(correct, *, block_ids, level: float = 0.95, method: str = "block
     [0, 1]).
   * ``block_bootstrap``: percentile cluster bootstrap over blocks (``num_resamples``, ``seed``).
     Needs many blocks (about 20 or more) to reach its level.
-
-  Simulated coverage of nominal 95% intervals (a shared-draw model, 400 evaluations each):
-  ``block_beta`` 0.96 / 0.95 / 0.94 with 4 / 8 / 40 blocks; ``block_t`` 0.95 / 0.94 / 0.94;
-  ``block_bootstrap`` 0.79 / 0.91 / 0.94; the naive ``wilson`` 0.49 / 0.68 / 0.73.
   * ``repeats``: t interval on the ``R`` per-repeat accuracies (needs ``R >= 2``); only the
     Monte-Carlo uncertainty on the evaluated images (it does not cover the sampling of the test
     set). Identical repeats (a model without noise) give a zero-width interval.
   * ``clopper_pearson`` / ``wilson``: ``R * N`` independent trials (valid only for per-image
     noise, i.e. blocks of one image, with ``R = 1``).
+
+  Simulated coverage of nominal 95% intervals (400 evaluations each of the shared-draw model
+  of ``tests/test_stats.py``: blocks of 64 to 256 images, per-block draw effects):
+  ``block_beta`` 0.96 / 0.95 / 0.94 with 4 / 8 / 40 blocks; ``block_t`` 0.95 / 0.94 / 0.94;
+  ``block_bootstrap`` 0.79 / 0.91 / 0.94; the naive ``wilson`` 0.49 / 0.68 / 0.73.
 
   Fallbacks (the :class:`Interval`'s ``method`` names the one used):
 
@@ -513,7 +514,8 @@ def paired_difference(correct_a, correct_b, *, block_ids, level: float = 0.95,
   * ``block_t`` (default): paired cluster-robust t test and interval on the per-block
     differences, ``G - 1`` df (with equal blocks: the paired t test on the ``G`` block
     differences). Chosen as the default because it holds its level from a handful of blocks
-    on (simulated type-I error at level 0.05: 0.04-0.055 with 4 to 40 blocks) while the
+    on (type-I error at level 0.05 in 400 simulations of the paired shared-draw model of
+    ``tests/test_stats.py``: 0.04-0.055 with 4 to 40 blocks) while the
     bootstrap needs many blocks (0.18 with 4 blocks, 0.135 with 8, 0.06 with 40); with many
     blocks both have the same power.
   * ``block_bootstrap``: paired cluster bootstrap of the difference; percentile interval;
