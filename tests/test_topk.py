@@ -87,15 +87,20 @@ def test_old_rule_failure_mode_does_not_occur():
   old_acc = smoothing.topk_correct(hard, labels, k=5).mean()
   new_acc = np.asarray(topk.topk_correct_from_ranks(counts, labels)).mean()
   assert new_acc == base_acc and old_acc != base_acc  # n=1: the old rule's top-5 is spurious
-  # For every n, rule "cumulative": every picked class has a vote among its first r+1 ranks.
-  for n in (2, 3, 4, 7):
-    lg = jnp.asarray(np.round(rng.normal(size=(n, 256, 10))), jnp.float32)
-    cnt = topk.rank_histograms(lg)
-    top = np.asarray(topk.hard_topk_from_ranks(cnt))
-    cum = np.cumsum(np.asarray(cnt), 1)
-    for r in range(5):
-      assert np.all(cum[np.arange(256), r, top[:, r]] > 0), (n, r)
-    assert np.all(np.sort(top, -1)[:, 1:] != np.sort(top, -1)[:, :-1])  # distinct picks
+  # For every n = 1..8 (prefix sums of one pass), rule "cumulative": every picked class has a
+  # vote among the first r + 1 ranks of some sample.
+  lg = jnp.asarray(np.round(rng.normal(size=(8, 256, 10))), jnp.float32)
+  cnt = np.cumsum(np.asarray(topk.rank_contributions(lg)), 0)  # (n, B, 5, C) for n = 1..8
+  top = np.asarray(topk.hard_topk_from_ranks(jnp.asarray(cnt)))  # (n, B, 5)
+  cum = np.cumsum(cnt, 2)
+  for r in range(5):
+    assert np.all(np.take_along_axis(cum[:, :, r], top[:, :, r:r + 1], -1) > 0), r
+  s = np.sort(top, -1)
+  assert np.all(s[..., 1:] != s[..., :-1])  # distinct picks
+  # The reference's rule (empty ranks -> lowest id) does pick zero-vote classes here.
+  ref = np.asarray(topk.hard_topk_from_ranks(jnp.asarray(cnt), empty_rank="lowest_id"))
+  assert any(np.any(np.take_along_axis(cum[:, :, r], ref[:, :, r:r + 1], -1) == 0)
+             for r in range(5))
 
 
 def test_empty_rank_corner_case():
