@@ -299,13 +299,16 @@ def _where(mask, a, b):
   return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b)
 
 
-def _one_run(fn, x, y, key, eps, cfg: _Config):
-  """One APGD run from a random start: (x_adv, fooled, best loss), per image."""
+def _one_run(fn, x, y, key, eps, x_init, cfg: _Config):
+  """One APGD run from a random start (or x_init): (x_adv, fooled, best loss), per image."""
   b = x.shape[0]
   k_start, k_steps = jax.random.split(key)
   eot = lambda xv, t: _eot(fn, xv, y, jax.random.fold_in(k_steps, t), cfg.loss,
                            cfg.eot_samples)
-  x0 = _start(k_start, x, eps, cfg.norm)
+  if x_init is None:
+    x0 = _start(k_start, x, eps, cfg.norm)
+  else:
+    x0 = _project(x_init.astype(jnp.float32), x, eps, cfg.norm)
   g0, l0, p0 = eot(x0, 0)
 
   ws = checkpoints(cfg.steps, cfg.schedule)
@@ -353,16 +356,16 @@ def _one_run(fn, x, y, key, eps, cfg: _Config):
   return _where(s["fooled"], s["adv_x"], s["best_x"]), s["fooled"], s["best_loss"]
 
 
-def _apgd_impl(fn_static, fn_leaves, x, y, key, eps, cfg: _Config):
+def _apgd_impl(fn_static, fn_leaves, x, y, key, eps, x_init, cfg: _Config):
   fn = _join_fn(fn_static, fn_leaves)
   x = x.astype(jnp.float32)
   y = y.astype(jnp.int32)
   if cfg.restarts == 1:
-    return _one_run(fn, x, y, jax.random.fold_in(key, 0), eps, cfg)
+    return _one_run(fn, x, y, jax.random.fold_in(key, 0), eps, x_init, cfg)
 
   def body(best, r):
     bx, bf, bl = best
-    xa, f, loss = _one_run(fn, x, y, jax.random.fold_in(key, r), eps, cfg)
+    xa, f, loss = _one_run(fn, x, y, jax.random.fold_in(key, r), eps, x_init, cfg)
     # AutoAttack keeps the first restart that fools an image; otherwise keep the best loss.
     take = (f & ~bf) | (~f & ~bf & (loss > bl))
     return (_where(take, xa, bx), bf | f, jnp.where(take, loss, bl)), None
@@ -384,7 +387,7 @@ _apgd_jit = jax.jit(_apgd_impl, static_argnums=(0,), static_argnames=("cfg",))
 def apgd(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 20, loss: str = "ce",
          norm: str = "linf", eot_samples: int = 1, restarts: int = 1, rho: float = 0.75,
          momentum: float = 0.75, initial_step: float = 2.0, schedule: str = "autoattack",
-         return_info: bool = False):
+         x_init=None, return_info: bool = False):
   """APGD-CE / APGD-DLR (Croce & Hein 2020) with EOT gradients, untargeted, L-inf or L2.
 
   Jittable (inlined when called under the caller's ``jax.jit``); otherwise compiled once per
@@ -407,6 +410,8 @@ def apgd(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 20, loss: str = "c
     momentum: alpha, the weight of the new step against the previous update.
     initial_step: eta_0 / eps.
     schedule: ``"autoattack"`` or ``"paper"`` checkpoints (see :func:`checkpoints`).
+    x_init: optional start point (``x``'s shape, projected onto the eps-ball and [0, 1]) used
+      instead of the random start by every restart (AutoAttack's ``x_init``).
     return_info: also return an :class:`APGDInfo`.
 
   Returns:
@@ -436,7 +441,11 @@ def apgd(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 20, loss: str = "c
   if y.shape != x.shape[:1]:
     raise ValueError(f"y must hold {x.shape[0]} labels, got shape {y.shape}")
   eps = jnp.asarray(eps, jnp.float32)
-  args = (fn_leaves, x, y, key, eps)
+  if x_init is not None:
+    x_init = jnp.asarray(x_init, jnp.float32)
+    if x_init.shape != x.shape:
+      raise ValueError(f"x_init must have x's shape {x.shape}, got {x_init.shape}")
+  args = (fn_leaves, x, y, key, eps, x_init)
   if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
     xa, fooled, best = _apgd_impl(fn_static, *args, cfg=cfg)
   else:
