@@ -38,7 +38,7 @@ def _images(n, seed=0):
 
 
 def _labels(x):
-  return np.asarray(jnp.argmax(clean_fn(jnp.asarray(x), None), -1))
+  return np.array(jnp.argmax(clean_fn(jnp.asarray(x), None), -1))  # writable (for torch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,6 +101,7 @@ def test_eot_gradient_is_mean_of_single_draw_gradients(loss):
   lossf = {"ce": lambda z, y: -jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], 1)[:, 0],
            "dlr": apgd.dlr_loss}[loss]
 
+  @jax.jit
   def single(j):
     k = jax.random.fold_in(key, j)
     g = jax.grad(lambda xv: jnp.sum(lossf(noisy_fn(xv, k), y)))(x)
@@ -124,9 +125,8 @@ def test_eot_gradient_is_mean_of_single_draw_gradients(loss):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
-@pytest.mark.parametrize("loss", ["ce", "dlr"])
-def test_constraints_keys_and_strength(norm, eps, loss):
+@pytest.mark.parametrize("loss,norm,eps", [("ce", "linf", 0.05), ("dlr", "l2", 0.5)])
+def test_constraints_keys_and_strength(loss, norm, eps):
   x = _images(32)
   y = _labels(x)
   kw = dict(eps=eps, steps=10, loss=loss, norm=norm, eot_samples=2, restarts=2)
@@ -259,6 +259,9 @@ def test_matches_torchattacks_on_a_linear_model(loss, norm, eps, min_same):
   np.testing.assert_array_equal(fooled_j, fooled_t)
   np.testing.assert_array_equal(_labels(xa_j) != y, fooled_t)
   assert 0.05 < fooled_t.mean() < 0.95
+  d = (xa_j - x).reshape(len(x), -1)
+  assert xa_j.min() >= 0 and xa_j.max() <= 1
+  assert (np.abs(d).max() if norm == "Linf" else np.linalg.norm(d, axis=1).max()) <= eps + 1e-5
   same = np.abs(xa_j - xa_t).reshape(len(x), -1).max(1) < 1e-5
   assert same[fooled_t].mean() >= min_same, same[fooled_t].mean()
 
@@ -307,5 +310,5 @@ def test_apgd_ce_robust_accuracy_matches_torchattacks(siam_resnet20, lossless_np
   acc_jax, acc_torch = acc_of(xa_j), acc_of(xa_t)
   print(f"eps=1/255 APGD-CE-{STEPS} on {NUM_IMAGES} images: clean {clean:.3f}  JAX {acc_jax:.3f}"
         f" ({t_jax:.0f} s)  torchattacks {acc_torch:.3f} ({t_torch:.0f} s)")
-  assert 0.1 < acc_torch < clean - 0.1  # neither 0 nor 1: a difference would show
+  assert 0.05 < acc_torch < clean - 0.3  # neither 0 nor clean: a difference would show
   assert abs(acc_jax - acc_torch) <= 0.03, (acc_jax, acc_torch)
