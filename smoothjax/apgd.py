@@ -422,6 +422,11 @@ def apgd(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 20, loss: str = "c
   Raises:
     ValueError: bad settings.
 
+  Example:
+    >>> fn = smoothjax.attacks.model_logits_fn(*nnx.split(model), sigma=0.12)
+    >>> x_adv = apgd(fn, x, y, key=jax.random.key(0), eps=8 / 255, loss="dlr",
+    ...              **PRESETS["rand"])
+
   References:
     Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", ICML 2020.

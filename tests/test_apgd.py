@@ -185,7 +185,7 @@ def test_autoattack_rand_takes_the_worst_case_per_image():
   np.testing.assert_array_equal(np.asarray(info.fooled), f_ce | f_dlr)
   np.testing.assert_array_equal(_labels(xa) != y, f_ce | f_dlr)
   # Without a scorer the attacks' own criterion is used.
-  xb, ib = apgd.autoattack_rand(noisy_fn, x, y, key=key, return_info=True, **kw)
+  xb = apgd.autoattack_rand(noisy_fn, x, y, key=key, **kw)
   _, i_ce = apgd.apgd(noisy_fn, x, y, key=jax.random.fold_in(key, 0), loss="ce",
                       return_info=True, **kw)
   sel = np.asarray(i_ce.fooled)
