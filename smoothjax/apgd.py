@@ -503,13 +503,24 @@ def autoattack_rand(logits_fn: LogitsFn, x, y, *, key, eps, norm: str = "linf",
   if score_fn is None:
     fooled_ce, fooled_dlr = info_ce.fooled, info_dlr.fooled
   else:
-    k_score = jax.random.fold_in(key, 2)
-    fooled_ce = jnp.argmax(score_fn(x_ce, k_score), -1) != y
-    fooled_dlr = jnp.argmax(score_fn(x_dlr, k_score), -1) != y
+    fn_static, fn_leaves = _split_fn(score_fn)
+    args = (fn_leaves, x_ce, x_dlr, y, jax.random.fold_in(key, 2))
+    tracing = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
+    fooled_ce, fooled_dlr = (_fooled_impl if tracing else _fooled_jit)(fn_static, *args)
   xa = _where(fooled_ce, x_ce, x_dlr)
   if not return_info:
     return xa
   return xa, APGDInfo(fooled_ce | fooled_dlr, jnp.where(fooled_ce, info_ce.loss, info_dlr.loss))
+
+
+def _fooled_impl(fn_static, fn_leaves, x_a, x_b, y, key):
+  """Whether ``score_fn``'s argmax differs from ``y`` at two sets of examples (same key)."""
+  fn = _join_fn(fn_static, fn_leaves)
+  y = y.astype(jnp.int32)
+  return tuple(jnp.argmax(fn(xv, key), -1) != y for xv in (x_a, x_b))
+
+
+_fooled_jit = jax.jit(_fooled_impl, static_argnums=(0,))
 
 
 # --------------------------------------------------------------------------------------------

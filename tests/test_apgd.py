@@ -184,6 +184,13 @@ def test_autoattack_rand_takes_the_worst_case_per_image():
   np.testing.assert_array_equal(xa[~f_ce], x_dlr[~f_ce])
   np.testing.assert_array_equal(np.asarray(info.fooled), f_ce | f_dlr)
   np.testing.assert_array_equal(_labels(xa) != y, f_ce | f_dlr)
+  # A pytree scorer (a smoothed prediction) is compiled with its arrays as arguments.
+  probs = attacks.smoothed_probs_fn(noisy_fn, num_samples=4)
+  xs, info_s = apgd.autoattack_rand(noisy_fn, x, y, key=key, score_fn=probs, return_info=True,
+                                    **kw)
+  from_ce = np.all(np.asarray(xs) == x_ce, axis=(1, 2, 3))
+  assert np.all(from_ce | np.all(np.asarray(xs) == x_dlr, axis=(1, 2, 3)))
+  assert np.all(np.asarray(info_s.fooled)[from_ce & ~np.all(x_ce == x_dlr, axis=(1, 2, 3))])
   # Without a scorer the attacks' own criterion is used.
   xb = apgd.autoattack_rand(noisy_fn, x, y, key=key, **kw)
   _, i_ce = apgd.apgd(noisy_fn, x, y, key=jax.random.fold_in(key, 0), loss="ce",
