@@ -160,6 +160,12 @@ def format_table(records: Iterable[Mapping], *, votes: Sequence[str] | None = No
   return "\n\n".join(out)
 
 
+def _attack_columns(s) -> dict:
+  """The attack columns of the records that (validated) evaluation settings give."""
+  return {"attack": s.attack, "eps": s.eps, "steps": s.steps,
+          "attack_samples": s.attack_samples, "norm": s.norm}
+
+
 def _default_checkpoint() -> str:
   return pretrained.PREFIX + pretrained.DEFAULT
 
@@ -224,11 +230,11 @@ def run(workdir: str | os.PathLike = DEFAULT_WORKDIR, *, checkpoint: str | None 
   what = card.get("description") or f"{model.config.arch}, noise {noise.spec}"
   data = ("the CIFAR-10 test sample shipped with smoothjax" if dataset is None else s.dataset)
   num = len(prepared.y)
-  attack_txt = ("no attack" if s.attack == "none" else
-                f"{s.attack.upper()}-{s.steps} at eps={format_eps(s.eps)} ({s.norm}), crafted "
-                "once against the noisy model and voted on for every n")
+  attack_txt = ("clean images only" if s.attack == "none" else
+                f"clean and under {_attack_label(_attack_columns(s))}, crafted once "
+                "against the noisy model and voted on for every n")
   intro = (f"smoothjax quick start: {name} ({what}), on {num} images of {data}; n = "
-           f"{', '.join(map(str, s.ns))}; votes {', '.join(s.votes)}; clean and {attack_txt}.")
+           f"{', '.join(map(str, s.ns))}; votes {', '.join(s.votes)}; {attack_txt}.")
   print(textwrap.fill(intro, width=100, subsequent_indent="  "), file=out, flush=True)
   records = evaluation.run(prepared, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
   table = format_table(records, votes=s.votes)

@@ -63,7 +63,7 @@ def test_quickstart_small(tmp_path):
   assert res.table in text and "next steps" in text and str(wd) in text
   assert "--checkpoint=pretrained:smoke_pni_w --dataset=cifar10" in text
   lines = res.table.splitlines()
-  assert lines[1] == "clean" and lines[7] == "PGD-7, eps=8/255" and len(lines) == 12
+  assert lines[1] == "clean" and lines[7] == "PGD-7, eps=8/255" and len(lines) == 13
   assert lines[2].split() == lines[8].split() == ["n", "hard", "soft", "soft_logits", "weighted"]
   assert [l.split()[0] for l in lines[3:7]] == ["1", "2", "4", "8"]
   records = json.loads((wd / "results.json").read_text())
