@@ -124,6 +124,10 @@ def test_a_built_wheel_ships_the_models_and_the_sample(tmp_path):
   (wheel,) = (tmp_path / "dist").glob("smoothjax-*.whl")
   with zipfile.ZipFile(wheel) as z:
     names = set(z.namelist())
+    meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+  for extra in ("cuda12", "cuda13", "tpu"):  # accelerator extras, as JAX's own
+    assert f"Provides-Extra: {extra}" in meta
+    assert f'Requires-Dist: jax[{extra}]>=0.10; extra == "{extra}"' in meta
   ours = sorted(str(p.relative_to(REPO)) for p in (REPO / "smoothjax" / "assets").rglob("*")
                 if p.is_file())
   assert ours and set(ours) <= names, sorted(set(ours) - names)[:5]
