@@ -62,7 +62,8 @@ def _probe() -> dict:
           "'devices': [str(d) for d in jax.devices()]}))\n")
   out = {"jax_backend": None, "jax_devices": [], "torch_cuda": False, "probe_error": None}
   try:
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       check=False)
     if r.returncode == 0:
       d = json.loads(r.stdout.strip().splitlines()[-1])
       out["jax_backend"], out["jax_devices"] = d["backend"], d["devices"]
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
       print(f"gpu_suite: {name}: {' '.join(cmd[1:])}", flush=True)
       t = time.monotonic()
       try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, timeout=left, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=REPO, env=env, timeout=left, capture_output=True, text=True,
+                           check=False)
       except subprocess.TimeoutExpired:
         result["skipped"][name] = f"stopped at the time budget after {time.monotonic() - t:.0f} s"
         print(f"gpu_suite: {name}: {result['skipped'][name]}", flush=True)

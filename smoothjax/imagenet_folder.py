@@ -25,20 +25,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from smoothjax import certify as certify_lib
 
 __all__ = [
-    "DatasetError",
-    "IMAGE_EXTENSIONS",
-    "resize_center_crop",
-    "ImageFolderSource",
-    "TfdsImageNetSource",
-    "load_imagenet",
-    "certify_source",
+  "IMAGE_EXTENSIONS",
+  "DatasetError",
+  "ImageFolderSource",
+  "TfdsImageNetSource",
+  "certify_source",
+  "load_imagenet",
+  "resize_center_crop",
 ]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -68,7 +69,7 @@ def resize_center_crop(img, resize: int = RESIZE, crop: int = CROP) -> np.ndarra
   w, h = img.size
   if w < crop or h < crop:
     raise DatasetError(f"image of {w}x{h} after the resize is smaller than the {crop} crop")
-  top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+  top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)
   return np.asarray(img.crop((left, top, left + crop, top + crop)), np.uint8)
 
 

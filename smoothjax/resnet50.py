@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from smoothjax import models as models_lib
-from smoothjax.models import NoisyConv, NoisyLinear, _bn, _Base, _KeyCounter
+from smoothjax.models import NoisyConv, NoisyLinear, _Base, _bn, _KeyCounter
 
 __all__ = ["IMAGE_SIZE", "STAGES", "ResNet50", "torch_layout"]
 

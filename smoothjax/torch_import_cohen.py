@@ -36,26 +36,26 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from smoothjax import checkpoints
 from smoothjax import models as models_lib
 from smoothjax import resnet50 as resnet50_lib
 
 __all__ = [
-    "ARCHS",
-    "DATASET_STATS",
-    "FAMILIES",
-    "is_cohen_checkpoint",
-    "detect_layout",
-    "cohen_normalization",
-    "load_cohen_file",
-    "model_from_cohen",
+  "ARCHS",
+  "DATASET_STATS",
+  "FAMILIES",
+  "cohen_normalization",
+  "detect_layout",
+  "is_cohen_checkpoint",
+  "load_cohen_file",
+  "model_from_cohen",
 ]
 
 CheckpointError = checkpoints.CheckpointError
@@ -75,7 +75,7 @@ FAMILIES = ("cohen", "smoothadv")
 
 
 def _strip(key: str, prefix: str) -> str:
-  return key[len(prefix):] if key.startswith(prefix) else key
+  return key.removeprefix(prefix)
 
 
 def _inner_keys(keys) -> tuple[dict[str, str], str] | None:

@@ -1,14 +1,14 @@
 """Import of Cohen et al.'s / SmoothAdv's checkpoints: layout detection and logit parity."""
 
+import jax
 import numpy as np
 import pytest
 import torch
+import torch_cohen_models as tcm
 
 from smoothjax import certify as certify_lib
 from smoothjax import checkpoints
 from smoothjax import torch_import_cohen as cohen
-
-import torch_cohen_models as tcm  # noqa: E402  (tests/ is on sys.path)
 
 
 def _logits_torch(model, x_nhwc):
@@ -137,5 +137,20 @@ def test_certify_imported_model(cifar20_file):
                    raises=checkpoints.CheckpointError, strict=False)
 def test_load_model_reads_cohen_files(cifar20_file):
   path, _ = cifar20_file
-  model, info = checkpoints.load_model(path, normalization="auto")
+  _, info = checkpoints.load_model(path, normalization="auto")
   assert info["arch"] == "resnet20"
+
+
+@pytest.mark.slow
+def test_resnet50_with_weight_noise_from_state_dict():
+  """A noisy ResNet-50 from a bare state dict: file weights + initial PNI scales."""
+  tmodel = tcm.cohen_model("resnet50", "cohen", num_classes=10, seed=5)
+  model, info = cohen.model_from_cohen(tmodel.state_dict(), noise="pni_w")
+  assert info["model_config"]["noise"]["weight"] == "pni"
+  x = _images(2, 32, seed=6)
+  clean = _logits_jax(model, x)
+  ref = _logits_torch(tmodel, x)
+  assert np.abs(clean - ref).max() / np.abs(ref).max() <= 1e-4
+  noisy = np.asarray(model(x, key=jax.random.key(1)))
+  assert np.abs(noisy - clean).max() > 1e-3
+  np.testing.assert_array_equal(noisy, np.asarray(model(x, key=jax.random.key(1))))

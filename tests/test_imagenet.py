@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_model import TinyLinear
 
 from smoothjax import imagenet_folder as inf
 from smoothjax import models
-
-from tiny_model import TinyLinear  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
