@@ -36,6 +36,7 @@ __all__ = [
   "IMAGE_EXTENSIONS",
   "DatasetError",
   "ImageFolderSource",
+  "LazySource",
   "TfdsImageNetSource",
   "certify_source",
   "load_imagenet",
@@ -73,8 +74,11 @@ def resize_center_crop(img, resize: int = RESIZE, crop: int = CROP) -> np.ndarra
   return np.asarray(img.crop((left, top, left + crop, top + crop)), np.uint8)
 
 
-class _Source:
-  """Shared batch logic: subclasses define ``labels``, ``classes`` and ``_decode(i)``."""
+class LazySource:
+  """A lazily decoded evaluation set: ``len``, ``labels``, ``classes``, ``load``, ``batches``.
+
+  Subclasses define ``labels``, ``classes`` and ``_decode(i)`` (one ``uint8`` HWC image).
+  """
 
   labels: np.ndarray
   classes: tuple[str, ...]
@@ -111,7 +115,7 @@ class _Source:
       yield b, x, y
 
 
-class ImageFolderSource(_Source):
+class ImageFolderSource(LazySource):
   """An ImageNet-style folder ``root/<split>/<class>/<image>``, decoded lazily.
 
   Args:
@@ -158,7 +162,7 @@ class ImageFolderSource(_Source):
       raise DatasetError(f"cannot decode {self.files[i]}: {e}") from e
 
 
-class TfdsImageNetSource(_Source):
+class TfdsImageNetSource(LazySource):
   """tfds ``imagenet2012`` (a prepared copy), random access, decoded lazily.
 
   Args:
@@ -208,7 +212,7 @@ class TfdsImageNetSource(_Source):
                               self.crop)
 
 
-def load_imagenet(spec: str, *, data_dir: str | os.PathLike | None = None) -> _Source:
+def load_imagenet(spec: str, *, data_dir: str | os.PathLike | None = None) -> LazySource:
   """The source of a dataset spec: ``imagenet_folder:PATH[:split]`` or ``imagenet[:split]``.
 
   ``imagenet_folder:PATH`` reads ``PATH/val`` (or ``PATH`` if it is the split itself);
@@ -224,7 +228,7 @@ def load_imagenet(spec: str, *, data_dir: str | os.PathLike | None = None) -> _S
   raise DatasetError(f"not an ImageNet spec: {spec!r} (imagenet_folder:PATH or imagenet)")
 
 
-def certify_source(key, model, source: _Source, *, sigma: float, indices=None,
+def certify_source(key, model, source: LazySource, *, sigma: float, indices=None,
                    batch_images: int = 16, progress: Callable[[int], Any] | None = None,
                    **certify_kw) -> tuple[certify_lib.CertifyResult, np.ndarray]:
   """CERTIFY over a lazily decoded source, ``batch_images`` images at a time.
