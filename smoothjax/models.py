@@ -50,7 +50,7 @@ AKAMASTER_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56,
                   "resnet110": 110}
 _WRN = {"wrn34_10": (34, 10), "wrn28_4": (28, 4)}
-ARCHS = tuple(_RESNET_DEPTHS) + tuple(_WRN)
+ARCHS = tuple(_RESNET_DEPTHS) + tuple(_WRN) + ("resnet50",)  # resnet50: smoothjax.resnet50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +406,9 @@ def build_model(config: ModelConfig | str = "resnet20", *, key: jax.Array | int 
   if isinstance(key, int):
     key = jax.random.key(key)
   cls = WideResNet if config.arch in _WRN else CifarResNet
+  if config.arch == "resnet50":
+    from smoothjax import resnet50  # pylint: disable=g-import-not-at-top (imports this module)
+    cls = resnet50.ResNet50
   # Initialising eagerly compiles every initialiser once per shape (~15 s for a ResNet-20 on a
   # busy 2-core CPU); one jitted initialisation compiles once.
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(params=key))))

@@ -1,0 +1,45 @@
+"""The GPU benchmark suite: CPU fallback in seconds, and flags that its benchmarks accept."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SUITE = REPO / "benchmarks" / "gpu_suite.py"
+
+
+def test_without_gpu_it_skips_everything_and_exits_0(tmp_path):
+  out = tmp_path / "suite.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  t = time.monotonic()
+  r = subprocess.run([sys.executable, str(SUITE), f"--out={out}"], env=env, cwd=REPO,
+                     capture_output=True, text=True, timeout=120, check=False)
+  assert r.returncode == 0, r.stderr
+  assert time.monotonic() - t < 60
+  assert "no GPU found" in r.stdout
+  d = json.loads(out.read_text())
+  assert d["results"] == {}
+  assert set(d["skipped"]) == {"smoothing", "attacks", "train", "certify", "certify_reduced"}
+  assert all("no GPU" in why for why in d["skipped"].values())
+
+
+def test_benchmark_flags_exist():
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import gpu_suite  # pylint: disable=g-import-not-at-top
+  for name, (script, flags, _) in gpu_suite.SUITE.items():
+    src = (REPO / "benchmarks" / script).read_text()
+    for flag in flags + ["--out=x"]:
+      opt = flag.split("=", 1)[0]
+      assert re.search(rf"add_argument\(\s*\"{opt}\"", src), f"{name}: {script} lacks {opt}"
+
+
+def test_dry_run_lists_commands():
+  r = subprocess.run([sys.executable, str(SUITE), "--dry_run", "--only=certify"], cwd=REPO,
+                     capture_output=True, text=True, timeout=60,
+                       check=False)
+  assert r.returncode == 0
+  assert "bench_certify.py --arch=resnet110" in r.stdout and "--n=100000" in r.stdout
