@@ -29,8 +29,8 @@ from smoothjax.noise import NoiseConfig, parse_noise
 
 __version__ = "0.1.0"
 
-_LAZY = ("batchnorm", "data", "checkpoints", "smoothing", "certify", "attacks", "training", "evaluation",
-         "plots", "metrics")
+_LAZY = ("batchnorm", "data", "checkpoints", "smoothing", "certify", "attacks", "training",
+         "evaluation", "plots", "metrics")
 
 
 def __getattr__(name):
