@@ -4,6 +4,7 @@ Submodules:
   noise        Gaussian input noise, PNI (weights, activations), CNI colored weight noise
   models       CIFAR ResNets and Wide-ResNets with noise; pure ``apply`` / ``apply_train``
   classifier   the model interface (``Classifier``) and ``FunctionClassifier`` for any classifier
+  batchnorm    BatchNorm statistics of noisy models: between/within-draw variance, recalibration
   data         CIFAR through tfds, ``.npz`` and image-folder / tar sources; augmentation; batches
   checkpoints  orbax checkpoints; safe import of PyTorch checkpoints (reference, akamaster)
   smoothing    Monte-Carlo sampling, votes, one-pass accuracy-vs-n curves, sharded over devices
@@ -34,8 +35,8 @@ from smoothjax.noise import NoiseConfig, parse_noise
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "checkpoints", "smoothing", "certify", "attacks", "training", "evaluation",
-         "plots", "metrics", "cli")
+_LAZY = ("batchnorm", "data", "checkpoints", "smoothing", "certify", "attacks", "training",
+         "evaluation", "plots", "metrics", "cli")
 
 
 def __getattr__(name):

@@ -120,13 +120,16 @@ class _KeyCounter:
     return i
 
 
-def _weight_noise(shape, cfg: noise_lib.NoiseConfig, kind: str | None):
+def _weight_noise(shape, cfg: noise_lib.NoiseConfig, kind: str | None, key: jax.Array):
+  # ``key``: the layer's kernel-initialisation key; CNI's random F uses fold_in(key, 1), so that
+  # the model's other parameters are the same whichever way F starts.
   if kind == "pni":
     return noise_lib.PNIWeightNoise(shape, granularity=cfg.pni_granularity,
                                     alpha_init=cfg.pni_alpha_init)
   if kind == "cni":
     return noise_lib.CNIWeightNoise(shape, rank=cfg.cni_rank, alpha_init=cfg.cni_alpha_init,
-                                    f_init=cfg.cni_f_init)
+                                    f_init=cfg.cni_f_init, f_dist=cfg.cni_f_dist,
+                                    key=jax.random.fold_in(key, 1))
   return None
 
 
@@ -182,10 +185,11 @@ class NoisyConv(nnx.Module):
     shape = (kernel_size, kernel_size, in_features, out_features)
     # Kaiming-normal (fan_out, as torchvision and the reference's ResNets).
     init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    kkey = rngs.params()
+    self.kernel = nnx.Param(init(kkey, shape, jnp.float32))
     self.stride = stride
     self.padding = kernel_size // 2 if padding is None else padding
-    self.weight_noise = _weight_noise(shape, cfg, cfg.weight)
+    self.weight_noise = _weight_noise(shape, cfg, cfg.weight, kkey)
     if cfg.activation and out_spatial is None:
       raise ValueError("PNI-A needs the layer's output spatial size")
     self.act_noise = noise_lib.PNIActivationNoise(
@@ -212,11 +216,12 @@ class NoisyLinear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, weight_noise: str | None,
                cfg: noise_lib.NoiseConfig, counter: _KeyCounter, rngs: nnx.Rngs):
     init = jax.nn.initializers.variance_scaling(1.0 / 3, "fan_in", "uniform")  # torch default
-    self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32))
+    kkey = rngs.params()
+    self.kernel = nnx.Param(init(kkey, (in_features, out_features), jnp.float32))
     bound = 1.0 / in_features ** 0.5
     self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_features,), jnp.float32,
                                              -bound, bound))
-    self.weight_noise = _weight_noise((in_features, out_features), cfg, weight_noise)
+    self.weight_noise = _weight_noise((in_features, out_features), cfg, weight_noise, kkey)
     self.key_id = counter() if self.weight_noise is not None else 0
 
   def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -19,6 +19,13 @@ Semantics follow He et al. (PNI, 2019) and Zheltonozhskii et al. (CNI, 2020):
 * **CNI-W** (Zheltonozhskii et al. 2020): ``W + sqrt(|std(W) * alpha_d|) * n_d + F @ n_f``,
   ``n_d ~ N(0, I_|W|)``, ``n_f ~ N(0, I_r)``, ``F`` of shape (|W|, r). Gradients flow to ``W``
   through ``std(W)`` (as in the reference). Covariance ``diag(|std(W) alpha_d|) + F F^T``.
+  ``F`` starts with independent ``N(0, f_init^2)`` entries by default (``cni_f_dist="normal"``).
+  The reference's constant ``F = f_init`` (``cni_f_dist="constant"``) makes ``F n_f`` one
+  offset ``f_init * sum(n_f)`` shared by every weight of the layer: each draw then shifts a
+  conv's outputs by ``f_init * sum(n_f)`` times the sum of its (non-negative, post-ReLU)
+  input patch, a shift many times the activations' own spread that BatchNorm's batch
+  statistics remove in training but its running statistics cannot at evaluation. Random rows
+  keep each weight's noise variance (``r f_init^2``) without the coherent shift.
 
 By default one weight- or activation-noise draw is shared by the whole batch of a forward pass
 (the reference's granularity); input noise is drawn per image.
@@ -46,6 +53,7 @@ __all__ = [
 
 SigmaSpace = Literal["pixel", "normalized"]
 _SIGMA_SPACES = ("pixel", "normalized")
+_F_DISTS = ("normal", "constant")
 
 
 class NoiseScale(nnx.Param):
@@ -63,7 +71,11 @@ class NoiseConfig:
     pni_alpha_init: initial PNI alpha (0.25 in PNI and the reference).
     cni_rank: rank r of CNI's low-rank factor F (5 in the reference).
     cni_alpha_init: initial CNI alpha_d (0.0625 in the reference; later code 0.01).
-    cni_f_init: initial value of every entry of F (0.01 in the reference; later code 1e-4).
+    cni_f_init: scale of F's initial entries (0.01 in the reference; later code 1e-4).
+    cni_f_dist: how F starts: ``"normal"`` (default): independent ``N(0, cni_f_init^2)``
+      entries, the same per-weight noise variance without a coherent offset; ``"constant"``:
+      every entry ``cni_f_init``, as the reference (``torch.ones(...) * f_init``), whose
+      draws shift all weights of a layer alike (see the module docstring).
     cni_head_pni: in CNI models the final linear layer uses element-wise PNI noise, as the
       reference does.
     input_sigma: Gaussian input-noise std applied by the model's own forward (0 = none).
@@ -77,6 +89,7 @@ class NoiseConfig:
   cni_rank: int = 5
   cni_alpha_init: float = 0.0625
   cni_f_init: float = 0.01
+  cni_f_dist: str = "normal"
   cni_head_pni: bool = True
   input_sigma: float = 0.0
   sigma_space: str = "pixel"
@@ -92,6 +105,8 @@ class NoiseConfig:
       raise ValueError(f"sigma_space must be one of {_SIGMA_SPACES}, got {self.sigma_space!r}")
     if not self.input_sigma >= 0:
       raise ValueError(f"input_sigma must be >= 0, got {self.input_sigma}")
+    if self.cni_f_dist not in _F_DISTS:
+      raise ValueError(f"cni_f_dist must be one of {_F_DISTS}, got {self.cni_f_dist!r}")
     if self.cni_rank < 1:
       raise ValueError(f"cni_rank must be >= 1, got {self.cni_rank}")
 
@@ -183,15 +198,33 @@ class PNIWeightNoise(nnx.Module):
 
 
 class CNIWeightNoise(nnx.Module):
-  """CNI colored weight noise: ``sqrt(|std(W) alpha_d|) n_d + F n_f`` (rank-r F)."""
+  """CNI colored weight noise: ``sqrt(|std(W) alpha_d|) n_d + F n_f`` (rank-r F).
+
+  Args:
+    shape: the weight's shape.
+    rank: rank r of F.
+    alpha_init: initial alpha_d.
+    f_init: scale of F's initial entries.
+    f_dist: ``"normal"``: F's entries ``N(0, f_init^2)`` drawn from ``key``; ``"constant"``:
+      every entry ``f_init`` (the reference; see :class:`NoiseConfig`).
+    key: PRNG key of F's initial entries (needed by ``"normal"``).
+  """
 
   def __init__(self, shape: tuple[int, ...], *, rank: int = 5, alpha_init: float = 0.0625,
-               f_init: float = 0.01):
+               f_init: float = 0.01, f_dist: str = "normal", key: jax.Array | None = None):
     size = 1
     for s in shape:
       size *= s
     self.alpha_d = NoiseScale(jnp.full(tuple(shape), alpha_init, jnp.float32))
-    self.factor = NoiseScale(jnp.full((size, rank), f_init, jnp.float32))
+    if f_dist == "constant":
+      factor = jnp.full((size, rank), f_init, jnp.float32)
+    elif f_dist == "normal":
+      if key is None:
+        raise ValueError("CNIWeightNoise(f_dist='normal') needs a key")
+      factor = f_init * jax.random.normal(key, (size, rank), jnp.float32)
+    else:
+      raise ValueError(f"f_dist must be one of {_F_DISTS}, got {f_dist!r}")
+    self.factor = NoiseScale(factor)
 
   def sample(self, w: jax.Array, key: jax.Array) -> jax.Array:
     kd, kf = jax.random.split(key)

@@ -45,7 +45,7 @@ def test_cni_weight_noise_covariance():
   shape = (2, 2, 1, 2)  # 8 weights: a full 8x8 covariance to compare
   size = int(np.prod(shape))
   w = jax.random.normal(jax.random.key(4), shape)
-  layer = noise_lib.CNIWeightNoise(shape, rank=5)
+  layer = noise_lib.CNIWeightNoise(shape, rank=5, key=jax.random.key(3))
   alpha_d = jax.random.uniform(jax.random.key(5), shape, minval=0.02, maxval=0.2)
   f = jax.random.normal(jax.random.key(6), (size, 5)) * 0.1
   layer.alpha_d[...] = alpha_d
@@ -64,7 +64,7 @@ def test_cni_weight_noise_covariance():
 def test_cni_gradient_flows_through_std_w():
   shape = (4, 3)
   w = jax.random.normal(jax.random.key(7), shape)
-  layer = noise_lib.CNIWeightNoise(shape)
+  layer = noise_lib.CNIWeightNoise(shape, key=jax.random.key(3))
   key = jax.random.key(8)
   g = jax.grad(lambda w: layer(w, key).sum())(w)
   assert not np.allclose(g, 1.0)  # the diagonal term depends on W through std(W)

@@ -24,7 +24,8 @@ def model_config_from(cfg: Any, *, num_classes: int | None = None) -> models_lib
     cfg: ``config.model`` with ``arch``, ``noise`` (a ``--noise`` spec such as ``"cni_w"``),
       ``shortcut``, ``num_classes`` (0: the dataset's), ``normalization`` (``"reference"``,
       ``"akamaster"`` or six numbers), and the noise settings ``input_sigma``, ``sigma_space``,
-      ``pni_granularity``, ``pni_alpha_init``, ``cni_rank``, ``cni_alpha_init``, ``cni_f_init``.
+      ``pni_granularity``, ``pni_alpha_init``, ``cni_rank``, ``cni_alpha_init``, ``cni_f_init``,
+      ``cni_f_dist``.
     num_classes: the dataset's number of classes (used when ``cfg.num_classes`` is 0).
 
   Raises:
@@ -33,7 +34,7 @@ def model_config_from(cfg: Any, *, num_classes: int | None = None) -> models_lib
   """
   overrides = {}
   for name in ("input_sigma", "sigma_space", "pni_granularity", "pni_alpha_init", "cni_rank",
-               "cni_alpha_init", "cni_f_init"):
+               "cni_alpha_init", "cni_f_init", "cni_f_dist"):
     value = _get(cfg, name)
     if value is not None:
       overrides[name] = value

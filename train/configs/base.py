@@ -15,8 +15,10 @@ Layout (override any field on the command line: ``--config.optim.lr=0.05``):
   dataset's), ``shortcut`` (A/B), ``noise`` (none, pni_w[:layer|channel|element], pni_a,
   cni_w, joined with +), ``input_sigma`` and ``sigma_space`` (Gaussian input noise the model
   carries, in training and evaluation: CNI-I+W), ``pni_granularity``, ``pni_alpha_init``,
-  ``cni_rank``, ``cni_alpha_init``, ``cni_f_init``, ``normalization`` (reference, akamaster,
-  or MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B).
+  ``cni_rank``, ``cni_alpha_init``, ``cni_f_init``, ``cni_f_dist`` (how CNI's F starts:
+  normal = independent N(0, cni_f_init^2) entries; constant = every entry cni_f_init, the
+  reference's, whose coherent per-layer offset breaks eval-mode BatchNorm), ``normalization``
+  (reference, akamaster, or MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B).
 * ``data``: ``dataset`` (cifar10, cifar100, npz:PATH, folder:PATH - e.g. the JPEG tar
   ``folder:../shared/data/cifar10_jpeg75.tar`` - or synthetic[:N]), ``data_dir`` (tfds),
   ``cache_dir`` (decoded folder/tar images), ``validation_size`` (-1: the last 5,000 training
@@ -68,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       arch="resnet20", num_classes=0, shortcut="B", noise="none", input_sigma=0.0,
       sigma_space="pixel", pni_granularity="element", pni_alpha_init=0.25, cni_rank=5,
-      cni_alpha_init=0.0625, cni_f_init=0.01, normalization="reference"))
+      cni_alpha_init=0.0625, cni_f_init=0.01, cni_f_dist="normal", normalization="reference"))
 
   c.data = ml_collections.ConfigDict(dict(
       dataset="cifar10", data_dir="", cache_dir="", validation_size=-1, batch_size=256,

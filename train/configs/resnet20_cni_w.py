@@ -7,8 +7,12 @@ Command::
 The reference recipe (400 epochs, milestones 100/200/300, clip 0.05, SGD Nesterov lr 0.1,
 weight decay 1e-4, batch 256, PGD-7 eps 8/255 step 2/255, w = 0.5) on a CNI-W model
 (Zheltonozhskii et al. 2020): per layer ``W + sqrt(|std(W) alpha_d|) n_d + F n_f`` with
-rank-5 F, the reference's initialisation alpha_d = 0.0625, F = 0.01, and element-wise PNI on
-the final linear layer. alpha_d and F train without weight decay; the later CNI code's
+rank-5 F, the reference's scales alpha_d = 0.0625, F = 0.01, and element-wise PNI on the
+final linear layer. F starts with random N(0, 0.01^2) entries (``cni_f_dist="normal"``): the
+reference's constant F (``--config.model.cni_f_dist=constant``) shifts every weight of a layer
+alike per draw, which BatchNorm's running statistics cannot follow (an eval-mode model that
+predicts one class). Recalibrate BatchNorm over many draws before evaluating
+(``smoothjax.batchnorm.recalibrate``). alpha_d and F train without weight decay; the later CNI code's
 initialisation and "noise decay" are ``--config.model.cni_alpha_init=0.01
 --config.model.cni_f_init=1e-4 --config.optim.factor_decay=1e-3``.
 
