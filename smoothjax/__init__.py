@@ -36,7 +36,7 @@ from smoothjax.noise import NoiseConfig, parse_noise
 __version__ = "0.1.0"
 
 _LAZY = ("batchnorm", "data", "checkpoints", "smoothing", "certify", "attacks", "training",
-         "evaluation", "plots", "metrics", "cli")
+         "evaluation", "plots", "metrics", "cli", "pretrained", "quickstart")
 
 
 def __getattr__(name):

@@ -146,3 +146,31 @@ def test_a_built_wheel_ships_the_models_and_the_sample(tmp_path):
                        capture_output=True, text=True).stdout.split()
   assert out[0].startswith(str(site)) and out[1].startswith(str(site)), out
   assert out[2] == "500"
+
+
+def test_load_model_resolves_pretrained_names():
+  from smoothjax import checkpoints
+  model, info = checkpoints.load_model("pretrained:smoke_pni_w")
+  assert info["checkpoint"] == str(pretrained.path("smoke_pni_w"))
+  assert model.config.noise.spec == "pni_w"
+  with pytest.raises(checkpoints.CheckpointError, match=r"unknown pretrained model 'nope'.*"
+                     r"Known models:.*smoke_pni_w"):
+    checkpoints.load_model("pretrained:nope")
+
+
+def test_evaluate_cli_unknown_pretrained_name_is_one_line_exit_2(tmp_path, capsys):
+  import evaluate.__main__ as cli
+  wd = tmp_path / "wd"
+  rc = cli.main(["--checkpoint=pretrained:nope", f"--workdir={wd}", "--n=1", "--limit=2",
+                 "--progress=false"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "smoke_pni_w" in err[0], err
+  assert not wd.exists()
+
+
+def test_train_init_from_resolves_pretrained_names():
+  import smoothjax
+  from smoothjax.training import _loop
+  model = smoothjax.build_model("resnet20", noise="pni_w", key=3)
+  copied, kept = _loop._init_from(model, "pretrained:smoke_pni_w")
+  assert copied > 100 and not kept

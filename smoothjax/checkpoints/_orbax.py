@@ -435,15 +435,27 @@ def _config_from_flags(step_dir: pathlib.Path, arch, noise, num_classes
     raise CheckpointError(str(e)) from e
 
 
+def _resolve_pretrained(path: str | os.PathLike) -> str | os.PathLike:
+  """``pretrained:NAME`` -> that model's checkpoint directory; any other path unchanged."""
+  from smoothjax import pretrained  # pylint: disable=import-outside-toplevel
+  if not pretrained.is_pretrained(path):
+    return path
+  try:
+    return pretrained.path(str(path))
+  except pretrained.PretrainedError as e:
+    raise CheckpointError(str(e)) from e
+
+
 def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any = None,
                normalization: Any = "auto", step: int | None = None,
                num_classes: int | None = None) -> tuple[nnx.Module, dict]:
   """Loads a model from any checkpoint smoothjax knows (the ``--checkpoint`` rules).
 
   Args:
-    path: a PyTorch file (``.pth``, ``.pth.tar``, ``.th``: reference or akamaster layout,
-      detected), a train workdir (its best checkpoint if one is kept, else its latest; ``step``
-      picks one), or one orbax step directory.
+    path: ``pretrained:NAME`` (a model of :mod:`smoothjax.pretrained`), a PyTorch file (``.pth``,
+      ``.pth.tar``, ``.th``: reference or akamaster layout, detected), a train workdir (its
+      best checkpoint if one is kept, else its latest; ``step`` picks one), or one orbax
+      step directory.
     arch: required only when the checkpoint does not say (an orbax checkpoint without
       ``model_config``: then ``num_classes`` and the shortcut come from its arrays and the
       normalisation, unless given, is the reference's); must agree with a smoothjax checkpoint's
@@ -462,10 +474,11 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
     ``meta``.
 
   Raises:
-    CheckpointError: missing, unsafe, corrupt or half-written checkpoint, or one that
+    CheckpointError: an unknown ``pretrained:NAME`` (the message lists the known names), a
+      missing, unsafe, corrupt or half-written checkpoint, or one that
       contradicts ``arch`` / ``noise`` / ``num_classes``.
   """
-  p = pathlib.Path(path)
+  p = pathlib.Path(_resolve_pretrained(path))
   if not p.exists():
     raise CheckpointError(f"checkpoint {p} does not exist")
   if p.is_file():
