@@ -220,7 +220,7 @@ def run(workdir: str | os.PathLike = DEFAULT_WORKDIR, *, checkpoint: str | None 
   sigma_space = noise.sigma_space if sigma is None else "pixel"
   sigma = noise.input_sigma if sigma is None else sigma
   settings = evaluation.EvalSettings(
-      checkpoint=path, dataset=dataset or pretrained.sample_spec(), split="test", limit=limit,
+      checkpoint=name, dataset=dataset or pretrained.sample_spec(), split="test", limit=limit,
       sigmas=(sigma,), sigma_space=sigma_space, ns=tuple(ns),
       votes=tuple(votes or smoothing.VOTE_NAMES), seed=seed, batch_size=batch_size,
       attack=attack, eps=eps, steps=steps, workdir=str(workdir), progress=progress)

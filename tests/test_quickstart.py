@@ -88,3 +88,17 @@ def test_quickstart_defaults(tmp_path):
   assert [l.split()[0] for l in res.table.splitlines()[3:10]] == ["1", "2", "4", "8", "16", "32",
                                                                  "64"]
   assert len(list((tmp_path / "qs" / "plots").glob("accuracy_vs_n_*.png"))) == 4
+
+
+def test_evaluate_without_checkpoint_is_the_quick_start(tmp_path, capsys):
+  from smoothjax.cli import evaluate as cli
+  wd = tmp_path / "qs"
+  assert cli.main(["--limit=16", "--n=1,2", f"--workdir={wd}", "--progress=false"]) == 0
+  text = capsys.readouterr().out
+  assert "smoothjax quick start" in text and "next steps" in text
+  assert "accuracy (%) of the smoothed classifier" in text
+  records = json.loads((wd / "results.json").read_text())
+  assert records and all(r["num_images"] == 16 for r in records)
+  assert {r["checkpoint"] for r in records} == {f"pretrained:{pretrained.DEFAULT}"}
+  assert (wd / "plots" / "accuracy_vs_n_soft.png").is_file()
+  assert "omit for the quick start" in " ".join(cli.build_parser().format_help().split())

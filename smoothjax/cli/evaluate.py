@@ -14,6 +14,9 @@ Examples::
   python -m evaluate --checkpoint=... --sigma=0.25 --certify --n0=100 --certify_n=10000 \\
       --limit=100 --workdir=runs/cert
 
+Without ``--checkpoint``, ``python -m evaluate`` is the quick start (``python -m
+smoothjax.quickstart``): a shipped pretrained model on the shipped CIFAR-10 sample, offline.
+
 Bad input prints one line on stderr and exits with status 2, before anything is written.
 ``evaluate/__main__.py`` and the ``smoothjax-evaluate`` console script call :func:`main`.
 """
@@ -37,6 +40,8 @@ wherever a float is."""
 
 _EPILOG = """\
 examples:
+  # the quick start (no flags): a shipped pretrained model on the shipped CIFAR-10 sample
+  python -m evaluate
   # clean accuracy of the reference implementation's ResNet-20 (sigma = 0, one sample)
   python -m evaluate --checkpoint=../shared/weights/siam/resnet20_regular_model_best.pth.tar \\
       --dataset=npz:../shared/data/cifar10_lossless_3k.npz --sigma=0 --n=1 --workdir=runs/siam0
@@ -89,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="python -m evaluate", description=_DESCRIPTION, epilog=_EPILOG,
               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
   g = p.add_argument_group("model")
-  g.add_argument("--checkpoint", required=True, metavar="PATH",
-                 help="PyTorch file (.pth, .pth.tar, .th; reference or akamaster layout), a "
-                      "train workdir (best checkpoint if kept, else latest) or an orbax step dir")
+  g.add_argument("--checkpoint", default=d["checkpoint"], metavar="PATH",
+                 help="pretrained:NAME, a PyTorch file (.pth, .pth.tar, .th; reference, "
+                      "akamaster, Cohen or SmoothAdv layout), a train workdir (best checkpoint "
+                      "if kept, else latest) or an orbax step dir; omit for the quick start "
+                      "(python -m smoothjax.quickstart: a shipped model on the shipped sample)")
   g.add_argument("--step", type=_int, default=d["step"], metavar="N",
                  help="step of a train workdir (default: best, else latest)")
   g.add_argument("--arch", default=d["arch"], metavar="NAME",
@@ -194,8 +201,22 @@ def settings_from_args(args: argparse.Namespace):
       workdir=args.workdir, progress=args.progress)
 
 
+def _is_quickstart(argv) -> bool:
+  """No ``--checkpoint`` and no ``-h`` / ``--help``: the quick start."""
+  return not any(a in ("-h", "--help") or a == "--checkpoint" or a.startswith("--checkpoint=")
+                 for a in argv)
+
+
 def main(argv=None) -> int:
-  """Runs ``python -m evaluate``; returns the exit status (0 ok, 2 bad input)."""
+  """Runs ``python -m evaluate``; returns the exit status (0 ok, 2 bad input).
+
+  Without ``--checkpoint`` (and without ``--help``) it runs the quick start
+  (:func:`smoothjax.quickstart.main`, which takes the same flags with its own defaults).
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if _is_quickstart(argv):
+    from smoothjax import quickstart  # pylint: disable=import-outside-toplevel
+    return quickstart.main(argv)
   args = build_parser().parse_args(argv)
   from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
   try:
