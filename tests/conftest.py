@@ -24,6 +24,29 @@ def shared_path(rel: str) -> pathlib.Path:
   return p
 
 
+def _closed_local_url(filename: str) -> str:
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return f"http://127.0.0.1:{port}/{filename}"  # nothing listens there: refused at once
+
+
+@pytest.fixture(autouse=True)
+def _no_cifar_download(request, monkeypatch):
+  """Safety net: no test downloads CIFAR (the official URLs point at a closed local port).
+
+  Tests that only read the official URLs are marked ``official_cifar_urls``.
+  """
+  if request.node.get_closest_marker("official_cifar_urls") is not None:
+    return
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from smoothjax.data import _cifar_download  # pylint: disable=import-outside-toplevel
+  for name, arc in list(_cifar_download.ARCHIVES.items()):
+    monkeypatch.setitem(_cifar_download.ARCHIVES, name,
+                        dataclasses.replace(arc, url=_closed_local_url(arc.filename)))
+
+
 @pytest.fixture
 def lossless_npz():
   return shared_path("data/cifar10_lossless_3k.npz")

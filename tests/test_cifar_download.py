@@ -1,4 +1,4 @@
-"""Tests of smoothjax.cifar_download against small archives in the official format.
+"""The CIFAR downloader (smoothjax.data.load_cifar) on small archives in the official format.
 
 The archives are built here with the official member names and pickled dicts, and served from
 a local HTTP server on 127.0.0.1 (or a ``file://`` URL): no network.
@@ -19,7 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from smoothjax import cifar_download, data
+from smoothjax import data
+from smoothjax.data import _cifar_download as cifar_download
 
 DatasetError = data.DatasetError
 
@@ -187,6 +188,7 @@ def _cache_files(cache):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.official_cifar_urls
 def test_published_checksums():
   # The checksums published on https://www.cs.toronto.edu/~kriz/cifar.html (MD5; also
   # torchvision's CIFAR10/CIFAR100) and the SHA-256 of the same files.

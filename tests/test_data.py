@@ -418,31 +418,51 @@ def _closed_port():
   return port
 
 
-@pytest.mark.parametrize("case", ["no_tensorflow", "host_unreachable", "as_is"])
+@pytest.mark.parametrize("case", ["tfds_unprepared", "no_tfds"])
 def test_tfds_offline_error_is_fast(tmp_path, monkeypatch, case):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                      lambda *a, **k: pytest.fail("must not try to download"))
-  if case == "no_tensorflow":
-    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: False)
-    reason = "TensorFlow"
-  elif case == "host_unreachable":
-    monkeypatch.setattr(data_sources, "_tensorflow_available", lambda: True)
-    monkeypatch.setitem(data_sources._TFDS_DOWNLOAD_HOSTS, "cifar10", ("127.0.0.1", _closed_port()))
-    reason = "not reachable"
-  else:
-    if data_sources._tensorflow_available():
-      pytest.skip("TensorFlow is installed here: the unpatched case could really download")
-    reason = "TensorFlow"
+  # Unprepared in tfds (or no tfds at all) -> the official archive, whose host is refused here.
+  import dataclasses
+  import sys
+  from smoothjax.data import _cifar_download
+  arc = _cifar_download.ARCHIVES["cifar10"]
+  monkeypatch.setitem(_cifar_download.ARCHIVES, "cifar10", dataclasses.replace(
+      arc, url=f"http://127.0.0.1:{_closed_port()}/{arc.filename}"))
   empty = tmp_path / "tfds_empty"
   empty.mkdir()
+  if case == "tfds_unprepared":
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        lambda *a, **k: pytest.fail("must not prepare with TensorFlow"))
+    where = str(empty)
+  else:
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    where = "tensorflow-datasets is not installed"
   t0 = time.perf_counter()
   with pytest.raises(DatasetError) as err:
     data.load_dataset("cifar10", data_dir=empty, cache_dir=tmp_path / "cache")
   assert time.perf_counter() - t0 < 10
   msg = str(err.value)
-  for part in ("not prepared", str(empty), "npz:PATH", "folder:PATH", reason):
+  assert "\n" not in msg
+  for part in ("not prepared", where, arc.filename, "npz:PATH", "folder:PATH",
+               str(tmp_path / "cache" / "downloads")):
     assert part in msg, (part, msg)
+  assert not list((tmp_path / "cache").rglob("*.tar.gz"))
+
+
+def test_unprepared_cifar_comes_from_the_official_archive(tmp_path, monkeypatch):
+  from smoothjax.data import _cifar_download
+  want = data.from_arrays(name="cifar10", x_train=np.zeros((20, 32, 32, 3), np.uint8),
+                          y_train=np.arange(20) % 10, x_test=np.ones((4, 32, 32, 3), np.uint8),
+                          y_test=np.arange(4))
+  seen = {}
+
+  def fake(name, *, cache_dir=None, validation_size=None):
+    seen.update(name=name, cache_dir=cache_dir)
+    return want
+  monkeypatch.setattr(_cifar_download, "load_cifar", fake)
+  monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
+  ds = data.load_dataset("cifar10", cache_dir=tmp_path)
+  assert ds is want and seen == {"name": "cifar10", "cache_dir": tmp_path}
 
 
 def test_tfds_unknown_and_unprepared_names(tmp_path):

@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "STD_B")
   g = p.add_argument_group("data")
   g.add_argument("--dataset", default=d["dataset"], metavar="SPEC",
-                 help="cifar10 (default), cifar100, npz:PATH, folder:PATH (dir or .tar)")
+                 help="cifar10 (default), cifar100 (a prepared tfds copy, else the official "
+                      "archive, downloaded once; no TensorFlow needed), npz:PATH, folder:PATH "
+                      "(dir or .tar), synthetic[:N]")
   g.add_argument("--data_dir", default=d["data_dir"], metavar="DIR", help="tfds data directory")
   g.add_argument("--split", default=d["split"], metavar="NAME", help="test (default) or train")
   g.add_argument("--limit", type=_int, default=d["limit"], metavar="N",

@@ -1,15 +1,18 @@
 """Datasets (CIFAR-10/100 via tfds, ``.npz`` files, image folders), augmentation, batching.
 
 Modules: ``_dataset`` (:class:`Dataset`, :func:`from_arrays`, synthetic data), ``_sources``
-(tfds, npz, folder + decode cache, :func:`load_dataset`) and ``_pipeline`` (:func:`to_float`,
-:func:`augment`, :func:`train_batches`).
+(tfds, npz, folder + decode cache, :func:`load_dataset`), ``_cifar_download`` (the official CIFAR
+archives without TensorFlow: :func:`load_cifar`, :func:`download_cifar_archive`) and
+``_pipeline`` (:func:`to_float`, :func:`augment`, :func:`train_batches`).
 
 Dataset specs (``python -m evaluate --dataset=SPEC``), all loaded by :func:`load_dataset`:
 
-* ``cifar10`` / ``cifar100``: through tensorflow-datasets. Reading a *prepared* dataset needs no
-  TensorFlow (``tfds.data_source``, array_record format). Preparing it (download + conversion)
-  needs TensorFlow and internet; without them, or when the download host does not answer within
-  3 s, :class:`DatasetError` is raised at once, naming the offline options below.
+* ``cifar10`` / ``cifar100``: a copy prepared by tensorflow-datasets if there is one (reading it
+  needs no TensorFlow: ``tfds.data_source``, array_record format); otherwise (or without tfds)
+  the official python archive, downloaded once into ``$SMOOTHJAX_CACHE/downloads/``, verified
+  and decoded without TensorFlow (:func:`load_cifar`). Offline, with neither, a one-line
+  :class:`DatasetError` comes within seconds, naming the tfds directory, where to put the
+  archive and the offline options below.
 * ``tfds:NAME``: any prepared tfds dataset with ``image``/``label`` features and ``train`` and/or
   ``test`` splits (prepare it with ``tfds build NAME --file_format=array_record``).
 * ``synthetic[:N]``: N (default 3000) generated, learnable 32x32 images (runs without data).
@@ -47,6 +50,9 @@ with 4-pixel zero padding and horizontal flip) on the accelerator, jittable::
     xb = augment(jax.random.fold_in(aug_key, step), to_float(xb))
 """
 
+from smoothjax.data._cifar_download import ARCHIVES as CIFAR_ARCHIVES
+from smoothjax.data._cifar_download import download_archive as download_cifar_archive
+from smoothjax.data._cifar_download import load_cifar
 from smoothjax.data._dataset import (CIFAR10_CLASSES, CIFAR100_CLASSES, IMAGE_EXTENSIONS,
                                      Dataset, DatasetError, default_cache_dir,
                                      default_validation_size, from_arrays)
@@ -61,6 +67,9 @@ __all__ = [
     "CIFAR100_CLASSES",
     "IMAGE_EXTENSIONS",
     "load_dataset",
+    "load_cifar",
+    "download_cifar_archive",
+    "CIFAR_ARCHIVES",
     "from_arrays",
     "default_validation_size",
     "default_cache_dir",

@@ -320,8 +320,33 @@ def _read_tfds_split(source, split: str, name: str) -> tuple[np.ndarray, np.ndar
   return x, y
 
 
+def _load_official_cifar(name: str, spec: str, where: str, cache_dir,
+                         validation_size) -> Dataset:
+  """CIFAR from its official archive (no TensorFlow), when tfds has no prepared copy."""
+  from smoothjax.data import _cifar_download  # pylint: disable=g-import-not-at-top
+  try:
+    return _cifar_download.load_cifar(name, cache_dir=cache_dir, validation_size=validation_size)
+  except DatasetError as e:
+    arc = _cifar_download.ARCHIVES[name]
+    dest = _cifar_download.archive_path(name, cache_dir)
+    why = " ".join(str(e).split())
+    raise DatasetError(
+        f"{spec}: the tfds dataset {name!r} is not prepared in {where}, and the official "
+        f"archive {arc.filename} could not be fetched ({why}). Put {arc.filename} (md5 "
+        f"{arc.md5}) at {dest}, or pass data_dir=DIR / set TFDS_DATA_DIR=DIR to a prepared tfds "
+        f"copy, or use an offline source. {_OFFLINE_HINT}") from None
+
+
 def _load_tfds(name: str, spec: str, data_dir, cache_dir, validation_size) -> Dataset:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  official = name in ("cifar10", "cifar100")
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    if not official:
+      raise DatasetError(f"{spec}: tensorflow-datasets is not installed (pip install "
+                         f"tensorflow-datasets). {_OFFLINE_HINT}") from None
+    return _load_official_cifar(name, spec, "none (tensorflow-datasets is not installed)",
+                                cache_dir, validation_size)
 
   data_dir = None if data_dir is None else os.fspath(pathlib.Path(data_dir).expanduser())
   try:
@@ -329,6 +354,8 @@ def _load_tfds(name: str, spec: str, data_dir, cache_dir, validation_size) -> Da
   except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
     raise DatasetError(f"{spec}: tensorflow-datasets cannot find dataset {name!r}: {e}") from e
   where = str(builder.data_dir)
+  if not builder.is_prepared() and official:
+    return _load_official_cifar(name, spec, where, cache_dir, validation_size)
   if not builder.is_prepared():
     tf_ok = _tensorflow_available()
     host = _TFDS_DOWNLOAD_HOSTS.get(name)

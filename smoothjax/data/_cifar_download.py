@@ -2,8 +2,9 @@
 
 tensorflow-datasets reads a *prepared* CIFAR copy without TensorFlow, but preparing one needs
 TensorFlow. This module is the fallback for ``--dataset=cifar10|cifar100`` when tfds has no
-prepared copy: it downloads the archive that the dataset's authors publish (Krizhevsky, "Learning
-Multiple Layers of Features from Tiny Images", 2009; https://www.cs.toronto.edu/~kriz/cifar.html),
+prepared copy (or is not installed): it downloads the archive that the dataset's authors publish
+(Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009;
+https://www.cs.toronto.edu/~kriz/cifar.html),
 verifies it, and decodes it into the arrays every other source of :mod:`smoothjax.data` gives.
 
 * **Download** (:func:`download_archive`): into a temporary file in the cache directory, with a
@@ -30,8 +31,8 @@ verifies it, and decodes it into the arrays every other source of :mod:`smoothja
 split = the last 5,000 training images, as for every source).
 
 Example:
-  >>> from smoothjax import cifar_download
-  >>> ds = cifar_download.load_cifar("cifar10")  # doctest: +SKIP
+  >>> from smoothjax import data
+  >>> ds = data.load_cifar("cifar10")  # doctest: +SKIP
   >>> ds.x_train.shape, ds.x_val.shape, ds.x_test.shape  # doctest: +SKIP
   ((45000, 32, 32, 3), (5000, 32, 32, 3), (10000, 32, 32, 3))
 """
@@ -58,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothjax import data as _data  # module import: stays valid while data.py initialises
+from smoothjax.data import _dataset as _data
 
 __all__ = [
     "Archive",
