@@ -21,7 +21,7 @@ radius (target < 1 point). On a CPU, XLA computes in fp32 whatever the setting.
 The model is Cohen et al.'s CIFAR-10 ResNet-110 (``--arch=resnet110``, default) or ResNet-20,
 written in their checkpoint format by the PyTorch model of ``tests/torch_cohen_models.py``
 (random weights, random BatchNorm statistics) and imported with
-:func:`smoothjax.torch_import_cohen.model_from_cohen`; ``--weights=FILE`` uses a trained
+:func:`smoothjax.checkpoints.model_from_cohen`; ``--weights=FILE`` uses a trained
 checkpoint instead (Cohen-format or a reference-layout CIFAR ResNet, e.g. the project's
 ResNet-20). Images: the first ``--images`` test images of ``--data`` (an ``.npz`` with
 ``x_test``/``y_test``), or uniform noise when absent.
@@ -75,7 +75,7 @@ def _models(arch: str, weights: str | None, tmp: pathlib.Path):
   import torch_cohen_models as tcm
 
   from smoothjax import checkpoints
-  from smoothjax import torch_import_cohen as cohen
+  from smoothjax.checkpoints import _cohen as cohen
   depth = int(arch.replace("resnet", ""))
   if weights is None:
     path = tmp / f"cohen_{arch}.pth.tar"

@@ -158,6 +158,8 @@ def parse_normalization(spec: str | None):
   """``auto`` (-> ``"auto"``) or ``MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B`` -> (mean, std)."""
   if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
     return "auto"
+  if isinstance(spec, str) and spec.strip().lower() in ("cohen", "smoothadv"):
+    return spec.strip().lower()  # Cohen-format files' families (checkpoints.model_from_cohen)
   if isinstance(spec, str) and spec.strip().lower() in ("reference", "akamaster"):
     return {"reference": models_lib.REFERENCE_NORMALIZATION,
             "akamaster": models_lib.AKAMASTER_NORMALIZATION}[spec.strip().lower()]

@@ -8,7 +8,7 @@ import torch_cohen_models as tcm
 
 from smoothjax import certify as certify_lib
 from smoothjax import checkpoints
-from smoothjax import torch_import_cohen as cohen
+from smoothjax.checkpoints import _cohen as cohen
 
 
 def _logits_torch(model, x_nhwc):
@@ -132,13 +132,31 @@ def test_certify_imported_model(cifar20_file):
   assert res.counts.argmax(-1).shape == clean.shape
 
 
-@pytest.mark.xfail(reason="needs the one-line Cohen hook in the PyTorch checkpoint resolver "
-                          "(checkpoints.load_model), added after the checkpoints restructure",
-                   raises=checkpoints.CheckpointError, strict=False)
 def test_load_model_reads_cohen_files(cifar20_file):
   path, _ = cifar20_file
   _, info = checkpoints.load_model(path, normalization="auto")
-  assert info["arch"] == "resnet20"
+  assert info["arch"] == "resnet20" and info["family"] == "cohen-format"
+  assert info["normalization"]["source"].startswith("cohen")
+  _, info = checkpoints.load_model(path, normalization="smoothadv")
+  assert info["normalization"]["std"] == [1.0, 1.0, 1.0]
+  assert checkpoints.model_from_cohen is cohen.model_from_cohen
+
+
+def test_evaluate_cli_certifies_a_cohen_file(cifar20_file, tmp_path, capsys):
+  import json
+
+  import evaluate.__main__ as cli
+  path, _ = cifar20_file
+  wd = tmp_path / "wd"
+  rc = cli.main([f"--checkpoint={path}", "--dataset=synthetic:40", "--limit=4", "--sigma=0.25",
+                 "--n=1", "--certify", "--n0=4", "--certify_n=16", f"--workdir={wd}",
+                 "--progress=false"])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "cohen-format" in out and "normalization: cohen" in out
+  rows = [r for r in json.loads((wd / "results.json").read_text()) if r["vote"] == "certify"]
+  assert rows and all(r["sigma"] == 0.25 for r in rows)
+  assert (wd / "certify.tsv").is_file()
 
 
 @pytest.mark.slow

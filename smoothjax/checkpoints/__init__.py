@@ -1,6 +1,7 @@
 """Checkpoints: PyTorch import of CIFAR ResNets, and orbax checkpoints of smoothjax models.
 
-Modules: ``_torch`` (safe PyTorch import), ``_orbax`` (:class:`TrainCheckpointer`,
+Modules: ``_torch`` (safe PyTorch import), ``_cohen`` (Cohen et al.'s and SmoothAdv's
+randomized-smoothing checkpoints: :func:`model_from_cohen`), ``_orbax`` (:class:`TrainCheckpointer`,
 :func:`save_model`, :func:`load_model`) and ``_common`` (:class:`CheckpointError`,
 :func:`parse_normalization`).
 
@@ -9,7 +10,9 @@ Two kinds of files are read:
 * **PyTorch files** (``.pth``, ``.pth.tar``, ``.th``) of the CIFAR ResNets in the wild: the
   paper's reference implementation (option-B shortcut ``layerL.B.downsample.0/1``, head ``fc``)
   and akamaster's widely used weights (option-A zero-padding shortcut, ``module.`` prefix, head
-  ``linear``). They are read with ``torch.load(..., weights_only=True)`` only: a file whose
+  ``linear``), and Cohen et al.'s / Salman et al.'s (SmoothAdv) randomized-smoothing checkpoints
+  (``Sequential(normalize_layer, model)``, keys ``1.``...; :func:`model_from_cohen`). They are
+  read with ``torch.load(..., weights_only=True)`` only: a file whose
   pickle would run code is refused (:class:`CheckpointError`), never loaded with
   ``weights_only=False``. :func:`model_from_torch` detects the family, depth, shortcut and number
   of classes from the state dict and converts the layouts (conv OIHW -> HWIO, linear
@@ -35,6 +38,11 @@ Example:
   ('akamaster', 'resnet20')
 """
 
+from smoothjax.checkpoints._cohen import ARCHS as COHEN_ARCHS
+from smoothjax.checkpoints._cohen import FAMILIES as COHEN_FAMILIES
+from smoothjax.checkpoints._cohen import (cohen_normalization, is_cohen_checkpoint,
+                                          load_cohen_file, model_from_cohen)
+from smoothjax.checkpoints._cohen import detect_layout as detect_cohen_layout
 from smoothjax.checkpoints._common import (FAMILIES, TORCH_SUFFIXES, CheckpointError,
                                            parse_normalization)
 from smoothjax.checkpoints._orbax import (TrainCheckpointer, load_model, model_state_dict,
@@ -53,4 +61,11 @@ __all__ = [
     "save_model",
     "load_model",
     "model_state_dict",
+    "COHEN_ARCHS",
+    "COHEN_FAMILIES",
+    "cohen_normalization",
+    "detect_cohen_layout",
+    "is_cohen_checkpoint",
+    "load_cohen_file",
+    "model_from_cohen",
 ]

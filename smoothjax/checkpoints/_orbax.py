@@ -22,6 +22,7 @@ from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
 from smoothjax.checkpoints._common import (CheckpointError, _abstract_model, _is_auto,
                                            parse_normalization)
+from smoothjax.checkpoints import _cohen
 from smoothjax.checkpoints._torch import model_from_torch
 
 _ITEMS = ("model", "train", "meta")
@@ -453,9 +454,9 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
 
   Args:
     path: ``pretrained:NAME`` (a model of :mod:`smoothjax.pretrained`), a PyTorch file (``.pth``,
-      ``.pth.tar``, ``.th``: reference or akamaster layout, detected), a train workdir (its
-      best checkpoint if one is kept, else its latest; ``step`` picks one), or one orbax
-      step directory.
+      ``.pth.tar``, ``.th``: reference, akamaster or Cohen et al. / SmoothAdv layout,
+      detected), a train workdir (its best checkpoint if one is kept, else its latest; ``step``
+      picks one), or one orbax step directory.
     arch: required only when the checkpoint does not say (an orbax checkpoint without
       ``model_config``: then ``num_classes`` and the shortcut come from its arrays and the
       normalisation, unless given, is the reference's); must agree with a smoothjax checkpoint's
@@ -463,13 +464,15 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
     noise: the model's noise spec. PyTorch files and checkpoints without ``model_config``:
       default ``"none"``. smoothjax checkpoints record their noise; a given spec must agree.
     normalization: ``"auto"`` (recorded in smoothjax checkpoints; from the family for PyTorch
-      files) or an override (see :func:`parse_normalization`).
+      files; ``cohen`` for Cohen-format files) or an override (see :func:`parse_normalization`;
+      Cohen-format files also take ``"cohen"`` / ``"smoothadv"``).
     step: the step of a train workdir.
     num_classes: must agree with the checkpoint if given.
 
   Returns:
     ``(model, info)``; ``info`` has ``checkpoint`` (the file or step directory read),
-    ``model_config`` (dict), ``family`` (``reference``, ``akamaster`` or ``smoothjax``),
+    ``model_config`` (dict), ``family`` (``reference``, ``akamaster``, ``cohen-format`` or
+    ``smoothjax``),
     ``step`` (``None`` for PyTorch files), ``normalization`` and, for smoothjax checkpoints,
     ``meta``.
 
@@ -484,6 +487,11 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
   if p.is_file():
     if step is not None:
       raise CheckpointError(f"step={step} applies to train workdirs, not to the file {p}")
+    if _cohen.is_cohen_checkpoint(p):
+      return _cohen.model_from_cohen(
+          p, arch=arch, noise="none" if noise is None else noise,
+          normalization="cohen" if _is_auto(normalization) else normalization,
+          num_classes=num_classes)
     return model_from_torch(p, arch=arch, noise="none" if noise is None else noise,
                             normalization=normalization, num_classes=num_classes)
   step_dir, s = _resolve_step_dir(p.absolute(), step)

@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="model noise when the checkpoint does not record it: none (default for "
                       "PyTorch files), pni_w, pni_a, cni_w, combined with '+'")
   g.add_argument("--normalization", default=d["normalization"], metavar="NAME",
-                 help="auto (from the checkpoint family) or MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,"
-                      "STD_B")
+                 help="auto (from the checkpoint family; cohen for Cohen-format files), "
+                      "reference, akamaster, cohen|smoothadv (Cohen et al.'s NormalizeLayer | "
+                      "SmoothAdv's InputCenterLayer, for Cohen-format files) or MEAN_R,MEAN_G,"
+                      "MEAN_B,STD_R,STD_G,STD_B")
   g = p.add_argument_group("data")
   g.add_argument("--dataset", default=d["dataset"], metavar="SPEC",
                  help="cifar10 (default), cifar100 (a prepared tfds copy, else the official "
@@ -203,6 +205,10 @@ def settings_from_args(args: argparse.Namespace):
       workdir=args.workdir, progress=args.progress)
 
 
+def _fmt(values) -> str:
+  return "?" if values is None else ",".join(f"{float(v):.4g}" for v in values)
+
+
 def _is_quickstart(argv) -> bool:
   """No ``--checkpoint`` and no ``-h`` / ``--help``: the quick start."""
   return not any(a in ("-h", "--help") or a == "--checkpoint" or a.startswith("--checkpoint=")
@@ -227,8 +233,14 @@ def main(argv=None) -> int:
   except evaluation.EvaluationError as e:
     print(f"evaluate: error: {e}", file=sys.stderr)
     return 2
-  records = evaluation.run(prepared)
   s = prepared.settings
+  info = prepared.info or {}
+  norm = info.get("normalization") or {}
+  if norm:
+    print(f"model: {info.get('checkpoint', s.checkpoint)} ({info.get('family', '?')}, "
+          f"{info.get('arch', '?')}); normalization: {norm.get('source', '?')} (mean "
+          f"{_fmt(norm.get('mean'))}, std {_fmt(norm.get('std'))})", flush=True)
+  records = evaluation.run(prepared)
   n_max = max(s.ns)
   for r in records:
     if r["vote"] == "certify":

@@ -20,6 +20,10 @@ The dataset's means and stds (CIFAR-10 or ImageNet) follow from ``arch``. Both c
 Gaussian noise to [0, 1] pixels before the first layer: use ``sigma_space="pixel"`` (smoothjax's
 default) with their sigma.
 
+``smoothjax.checkpoints.load_model`` (hence ``--checkpoint``) reads these files too: it detects
+the layout (:func:`is_cohen_checkpoint`) and calls :func:`model_from_cohen`, with the ``cohen``
+normalisation unless ``normalization=`` says otherwise.
+
 Example:
   >>> model, info = model_from_cohen("models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar")
   ...                                                                      # doctest: +SKIP
@@ -43,9 +47,10 @@ import jax
 import numpy as np
 from flax import nnx, traverse_util
 
-from smoothjax import checkpoints
 from smoothjax import models as models_lib
 from smoothjax import resnet50 as resnet50_lib
+from smoothjax.checkpoints._common import CheckpointError, parse_normalization
+from smoothjax.checkpoints._torch import model_from_torch
 
 __all__ = [
   "ARCHS",
@@ -57,8 +62,6 @@ __all__ = [
   "load_cohen_file",
   "model_from_cohen",
 ]
-
-CheckpointError = checkpoints.CheckpointError
 
 # Their `arch` names -> (smoothjax arch, dataset).
 ARCHS = {
@@ -177,7 +180,7 @@ def cohen_normalization(normalization: Any = "cohen", dataset: str = "cifar10"
   if isinstance(normalization, str) and normalization.strip().lower() == "smoothadv":
     return mean, (1.0, 1.0, 1.0), f"smoothadv (InputCenterLayer: x - mean, {dataset} means)"
   try:
-    mean, std = checkpoints.parse_normalization(normalization)
+    mean, std = parse_normalization(normalization)
   except CheckpointError as e:
     raise CheckpointError(f"{e} (or 'cohen' / 'smoothadv' for Cohen-format files)") from None
   return mean, std, "override"
@@ -312,7 +315,7 @@ def model_from_cohen(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
     raise CheckpointError(f"checkpoint is a {layout['arch']} (arch={torch_arch!r}), but "
                           f"arch={arch!r} was requested")
   if layout["model"] == "cifar_resnet":
-    model, info = checkpoints.model_from_torch(
+    model, info = model_from_torch(
         sd, arch=arch or layout["arch"], noise=noise, normalization=(mean, std),
         num_classes=num_classes, key=key)
     config = model.config
