@@ -135,10 +135,17 @@ def test_npz_unreadable(tmp_path):
     data.load_dataset(f"npz:{tmp_path / 'junk.npz'}")
 
 
-@pytest.mark.parametrize("spec", ["", "imagenet", "npz:", "folder:", "csv:x.csv", "cifar10:x"])
+@pytest.mark.parametrize("spec", ["", "imagenet_folder:", "npz:", "folder:", "csv:x.csv",
+                                  "cifar10:x"])
 def test_unknown_spec(spec):
   with pytest.raises(DatasetError, match="dataset spec"):
     data.load_dataset(spec)
+
+
+def test_imagenet_spec_without_a_prepared_copy(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(DatasetError, match="imagenet"):  # a lazy source: tfds imagenet2012
+    data.load_dataset("imagenet", data_dir=tmp_path)
 
 
 def test_unknown_split_is_value_error():

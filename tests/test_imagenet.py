@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 from tiny_model import TinyLinear
 
-from smoothjax import imagenet_folder as inf
+from smoothjax import data
+from smoothjax.data import _imagenet as inf
 from smoothjax import models
 
 
@@ -35,6 +36,9 @@ def test_listing_labels_and_transform(folder):
   with Image.open(src.files[1]) as img:
     full = np.asarray(img.convert("RGB"))
   np.testing.assert_array_equal(x[1], full[16:240, 16:240])
+  # load_dataset gives the same lazy source.
+  via = data.load_dataset(f"imagenet_folder:{folder}")
+  assert isinstance(via, data.ImageFolderSource) and via.files == src.files
   # The split folder itself works as the root.
   assert len(inf.ImageFolderSource(folder / "val")) == 4
 

@@ -2,8 +2,9 @@
 
 Modules: ``_dataset`` (:class:`Dataset`, :func:`from_arrays`, synthetic data), ``_sources``
 (tfds, npz, folder + decode cache, :func:`load_dataset`), ``_cifar_download`` (the official CIFAR
-archives without TensorFlow: :func:`load_cifar`, :func:`download_cifar_archive`) and
-``_pipeline`` (:func:`to_float`, :func:`augment`, :func:`train_batches`).
+archives without TensorFlow: :func:`load_cifar`, :func:`download_cifar_archive`), ``_imagenet``
+(ImageNet-size sources decoded lazily in batches: :func:`load_imagenet`, :func:`certify_source`)
+and ``_pipeline`` (:func:`to_float`, :func:`augment`, :func:`train_batches`).
 
 Dataset specs (``python -m evaluate --dataset=SPEC``), all loaded by :func:`load_dataset`:
 
@@ -15,6 +16,10 @@ Dataset specs (``python -m evaluate --dataset=SPEC``), all loaded by :func:`load
   archive and the offline options below.
 * ``tfds:NAME``: any prepared tfds dataset with ``image``/``label`` features and ``train`` and/or
   ``test`` splits (prepare it with ``tfds build NAME --file_format=array_record``).
+* ``imagenet_folder:PATH[::SPLIT]`` / ``imagenet[:SPLIT]``: ImageNet-size data as a lazy source
+  (:class:`ImageFolderSource` of ``PATH/val/<wnid>/*.JPEG``, :class:`TfdsImageNetSource` of a
+  prepared tfds ``imagenet2012``), not a :class:`Dataset`: images are decoded (resize 256, centre
+  crop 224) one batch at a time (:meth:`LazySource.batches`, :func:`certify_source`).
 * ``synthetic[:N]``: N (default 3000) generated, learnable 32x32 images (runs without data).
 * ``npz:PATH``: a NumPy archive with ``x_train``/``y_train`` and/or ``x_test``/``y_test``
   (uint8 NHWC with 3 channels; integer labels). An archive with only the test pair is an
@@ -56,6 +61,8 @@ from smoothjax.data._cifar_download import load_cifar
 from smoothjax.data._dataset import (CIFAR10_CLASSES, CIFAR100_CLASSES, IMAGE_EXTENSIONS,
                                      Dataset, DatasetError, default_cache_dir,
                                      default_validation_size, from_arrays)
+from smoothjax.data._imagenet import (ImageFolderSource, LazySource, TfdsImageNetSource,
+                                      certify_source, load_imagenet, resize_center_crop)
 from smoothjax.data._pipeline import (augment, epoch_permutation, steps_per_epoch, to_float,
                                       train_batches)
 from smoothjax.data._sources import load_dataset
@@ -70,6 +77,12 @@ __all__ = [
     "load_cifar",
     "download_cifar_archive",
     "CIFAR_ARCHIVES",
+    "LazySource",
+    "ImageFolderSource",
+    "TfdsImageNetSource",
+    "load_imagenet",
+    "certify_source",
+    "resize_center_crop",
     "from_arrays",
     "default_validation_size",
     "default_cache_dir",

@@ -440,8 +440,9 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None,
   """Loads a dataset from a spec (see the module docstring).
 
   Args:
-    spec: ``cifar10``, ``cifar100``, ``tfds:NAME``, ``npz:PATH``, ``folder:PATH`` or
-      ``synthetic[:N]``.
+    spec: ``cifar10``, ``cifar100``, ``tfds:NAME``, ``npz:PATH``, ``folder:PATH``,
+      ``synthetic[:N]``, or ``imagenet_folder:PATH`` / ``imagenet`` (these two give a lazily
+      decoded :class:`smoothjax.data.LazySource`, not a :class:`Dataset`).
     data_dir: the tfds data directory (default: tfds' own, ``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``); unused by the other sources.
     cache_dir: where decoded images are cached (default :func:`default_cache_dir`).
@@ -449,7 +450,7 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None,
       (default :func:`default_validation_size`: 5,000, or 10% below 50,000 images).
 
   Returns:
-    The :class:`Dataset`.
+    The :class:`Dataset` (a ``LazySource`` for the ImageNet specs).
 
   Raises:
     DatasetError: unknown spec, missing or malformed source, a tfds dataset that is neither
@@ -463,6 +464,9 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None,
     return _load_tfds(spec, spec, data_dir, cache_dir, validation_size)
   if kind == "synthetic":
     return _load_synthetic(spec, validation_size)
+  if kind == "imagenet" or (kind == "imagenet_folder" and rest):
+    from smoothjax.data import _imagenet  # pylint: disable=g-import-not-at-top
+    return _imagenet.load_imagenet(spec, data_dir=data_dir)
   if sep and rest:
     if kind == "tfds":
       return _load_tfds(rest, spec, data_dir, cache_dir, validation_size)
@@ -471,5 +475,5 @@ def load_dataset(spec: str, *, data_dir: str | os.PathLike | None = None,
     if kind == "folder":
       return _load_folder(rest, cache_dir, validation_size)
   raise DatasetError(f"unknown dataset spec {spec!r}; expected cifar10, cifar100, tfds:NAME, "
-                     "npz:PATH, folder:PATH or synthetic[:N]")
+                     "npz:PATH, folder:PATH, synthetic[:N], imagenet_folder:PATH or imagenet")
 

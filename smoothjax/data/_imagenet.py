@@ -18,6 +18,8 @@ resize the shorter side to 256 (bilinear), centre-crop 224, giving ``uint8`` NHW
 
 :func:`certify_source` runs :func:`smoothjax.certify.certify` batch by batch with the images'
 global indices, so each image gets the noise of a single full run whatever the batching.
+
+:func:`smoothjax.data.load_dataset` accepts the same specs and returns these sources.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from smoothjax import certify as certify_lib
+from smoothjax.data._dataset import DatasetError
 
 __all__ = [
   "IMAGE_EXTENSIONS",
-  "DatasetError",
   "ImageFolderSource",
   "LazySource",
   "TfdsImageNetSource",
@@ -46,10 +47,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 RESIZE = 256
 CROP = 224
-
-
-class DatasetError(ValueError):
-  """A dataset cannot be found or read."""
 
 
 def resize_center_crop(img, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
@@ -230,7 +227,7 @@ def load_imagenet(spec: str, *, data_dir: str | os.PathLike | None = None) -> La
 
 def certify_source(key, model, source: LazySource, *, sigma: float, indices=None,
                    batch_images: int = 16, progress: Callable[[int], Any] | None = None,
-                   **certify_kw) -> tuple[certify_lib.CertifyResult, np.ndarray]:
+                   **certify_kw) -> tuple[Any, np.ndarray]:
   """CERTIFY over a lazily decoded source, ``batch_images`` images at a time.
 
   Memory is flat in the number of samples (``sample_counts`` loops over forward passes) and in
@@ -249,6 +246,7 @@ def certify_source(key, model, source: LazySource, *, sigma: float, indices=None
   Returns:
     ``(result, labels)``: the concatenated :class:`smoothjax.certify.CertifyResult` and labels.
   """
+  from smoothjax import certify as certify_lib  # pylint: disable=import-outside-toplevel
   parts, labels = [], []
   done = 0
   for idx, x, y in source.batches(batch_images, indices=indices):
