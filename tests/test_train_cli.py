@@ -64,6 +64,13 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
   ref = _run(TINY + [f"--workdir={ref_dir}"], cache)
   ref_out, ref_err = ref.communicate(timeout=300)
   assert ref.returncode == 0, ref_err
+  # The end-of-run summary: best checkpoint (none: no validation here), latest, wall time, files.
+  summary = [l for l in ref_out.splitlines() if l.startswith("[train] ")]
+  assert summary[0].startswith("[train] training done in "), ref_out
+  assert "[train] best checkpoint: none (no validation ran)" in summary
+  assert f"[train] latest checkpoint: {ref_dir / 'checkpoints' / '15'} (step 15)" in summary
+  assert any(f"config {ref_dir / 'config.json'}" in l and f"metrics {ref_dir / 'metrics.jsonl'}"
+             in l for l in summary), summary
   victim = _run(TINY + [f"--workdir={kill_dir}", "--config.debug.sleep_per_step=0.2"], cache)
   deadline = time.time() + 240
   ckdir = kill_dir / "checkpoints"

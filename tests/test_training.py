@@ -448,3 +448,68 @@ def test_craft_fgsm_random_start_steps_by_1_25_eps():
   plain = attacks.fgsm(fn, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(key, 0),
                        eps=eps, random_start=True, step_size=eps)
   assert np.abs(got - np.asarray(plain)).max() > 1e-3
+
+
+def test_resume_from_a_copied_checkpoint_is_bit_exact(tmp_path, monkeypatch, capsys):
+  """config.resume_from: a fresh workdir continues another run's train state bit for bit."""
+  import shutil
+
+  from smoothjax import checkpoints
+
+  c = _tiny_config(tmp_path, epochs=2, checkpoint_every_steps=3, best_metric="accuracy",
+                   val_pgd_examples=0, keep_worst=False, eval_every_epochs=1)
+  c.objective.name = "standard"
+
+  def new_model():
+    return TinyNoisyCNN(noise="pni_w", width=8)
+
+  def params(wd, step):
+    state, opt, _ = checkpoints.TrainCheckpointer(wd, keep=2).restore(
+        step, model_state_target=nnx.to_pure_dict(nnx.state(new_model())),
+        train_state_target=None)
+    return _flat(state)
+
+  a = tmp_path / "A"
+  training.train_and_evaluate(c, a, model=new_model())  # 20 steps uninterrupted
+  out = capsys.readouterr().out
+  # The end-of-run summary (process 0): best checkpoint, its validation, wall time, the files.
+  best = checkpoints.TrainCheckpointer(a, keep=2).best_step()
+  assert f"[train] best checkpoint: {a.absolute() / 'best' / str(best)} (step {best})" in out
+  assert "; validation accuracy " in out and "smoothed_accuracy" in out
+  assert "[train] training done in " in out
+  assert f"config {a.absolute() / 'config.json'}" in out
+  assert f"metrics {a.absolute() / 'metrics.jsonl'}" in out
+
+  class Stop(Exception):
+    pass
+
+  save = training_loop.save_checkpoint
+
+  def save_then_stop(ckpts, state, step, val):
+    save(ckpts, state, step, val)
+    if step >= 6:
+      raise Stop
+  monkeypatch.setattr(training_loop, "save_checkpoint", save_then_stop)
+  b = tmp_path / "B"
+  with pytest.raises(Stop):
+    training.train_and_evaluate(c, b, model=new_model())
+  monkeypatch.undo()
+  src = tmp_path / "copied" / "6"
+  shutil.copytree(b / "checkpoints" / "6", src)
+  shutil.rmtree(b)
+
+  c.resume_from = str(src)
+  cdir = tmp_path / "C"
+  training.train_and_evaluate(c, cdir, model=new_model())
+  assert f"resuming from {src.absolute()} (step 6)" in capsys.readouterr().err
+  pa, pc = params(a, 20), params(cdir, 20)
+  assert pa.keys() == pc.keys()
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pc[k], err_msg="/".join(map(str, k)))
+  # C really continued from step 6 (a fresh start would give the same parameters too).
+  from smoothjax import metrics as metrics_lib
+  assert min(r["step"] for r in metrics_lib.read_metrics(cdir) if r["split"] == "train") > 6
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(checkpoints.CheckpointError, match="holds no finished train checkpoint"):
+    checkpoints.train_step_dir(empty)

@@ -46,7 +46,7 @@ from smoothjax.checkpoints._cohen import detect_layout as detect_cohen_layout
 from smoothjax.checkpoints._common import (FAMILIES, TORCH_SUFFIXES, CheckpointError,
                                            parse_normalization)
 from smoothjax.checkpoints._orbax import (TrainCheckpointer, load_model, model_state_dict,
-                                          save_model)
+                                          restore_train_checkpoint, save_model, train_step_dir)
 from smoothjax.checkpoints._torch import detect_family, load_torch_state_dict, model_from_torch
 
 __all__ = [
@@ -61,6 +61,8 @@ __all__ = [
     "save_model",
     "load_model",
     "model_state_dict",
+    "restore_train_checkpoint",
+    "train_step_dir",
     "COHEN_ARCHS",
     "COHEN_FAMILIES",
     "cohen_normalization",

@@ -400,6 +400,52 @@ def _resolve_step_dir(path: pathlib.Path, step: int | None) -> tuple[pathlib.Pat
 
 
 
+def train_step_dir(path: str | os.PathLike) -> pathlib.Path:
+  """The full train checkpoint (with its ``train`` item) that ``path`` designates.
+
+  Args:
+    path: a train workdir (its latest checkpoint under ``checkpoints/``), a ``checkpoints/``
+      directory, or one step directory (e.g. copied from another run).
+
+  Raises:
+    CheckpointError: no finished checkpoint there, or one without a ``train`` item (a model
+      saved by :func:`save_model` only).
+  """
+  p = pathlib.Path(path).expanduser().absolute()
+  if not p.exists():
+    raise CheckpointError(f"checkpoint {p} does not exist")
+  if _is_step_dir(p):
+    step_dir = p
+  else:
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    steps = _steps_in(root)
+    if not steps:
+      raise CheckpointError(f"{p} holds no finished train checkpoint (expected a train workdir "
+                            "or a step directory checkpoints/<step>/)")
+    step_dir = root / str(steps[-1])
+  if _TMP_MARK in step_dir.name:
+    raise CheckpointError(f"{step_dir} is an unfinished (half-written) checkpoint")
+  if not (step_dir / "train").is_dir():
+    raise CheckpointError(f"{step_dir} has no 'train' item (optimiser state, step, keys): "
+                          "only full train checkpoints can be resumed")
+  return step_dir
+
+
+def restore_train_checkpoint(path: str | os.PathLike, *, model_state_target: Any,
+                             train_state_target: Any) -> tuple[Any, Any, dict]:
+  """Restores a full train checkpoint from any directory (see :func:`train_step_dir`).
+
+  Returns:
+    ``(model_state, train_state, meta)`` as :meth:`TrainCheckpointer.restore` returns them;
+    ``meta["restored_from"]`` is the step directory read.
+  """
+  step_dir = train_step_dir(path)
+  out = _restore_items(step_dir, model_target=model_state_dict(model_state_target),
+                       train_target=train_state_target, want_model=True, want_train=True)
+  meta = dict(out["meta"], restored_from=str(step_dir))
+  return _fill_target(model_state_target, out["model"]), out["train"], meta
+
+
 def _saved_model_metadata(ckptr, step_dir):
   """The array metadata of a step dir's ``model`` item, or a CheckpointError if unreadable."""
   try:

@@ -82,7 +82,8 @@ def _check_config(config: Any) -> None:
     raise ValueError(f"train.keep must be >= 1, got {t.keep}")
   Objective.from_config(config.objective)
   model_config_from(config.model)
-  if bool(_get(config, "init_required")) and not str(_get(config, "init_from")):
+  if (bool(_get(config, "init_required")) and not str(_get(config, "init_from"))
+      and not str(_get(config, "resume_from", ""))):
     raise ValueError("this preset fine-tunes a trained model: pass "
                      "--config.init_from=PATH (a train workdir, orbax step directory or "
                      "PyTorch file)")

@@ -32,6 +32,7 @@ from smoothjax import metrics as metrics_lib
 from smoothjax import models as models_lib
 from smoothjax import smoothing
 from smoothjax._utils import atomic_write_text
+from smoothjax._utils import config_value as _cfg_get
 from smoothjax.training._config import _check_config, load_training_data, model_config_from
 from smoothjax.training._objectives import Objective
 from smoothjax.training._optim import (init_train_state, make_optimizer, make_schedule,
@@ -182,11 +183,23 @@ def create_train_state(config: Any, data: _Data, *, key: jax.Array,
                     total_steps=total_steps)
 
 
-def restore_checkpoint(checkpointer: ckpt_lib.TrainCheckpointer, state: TrainState) -> dict:
-  """Replaces ``state``'s model and optimiser state by the latest checkpoint's; returns its meta."""
+def restore_checkpoint(checkpointer: ckpt_lib.TrainCheckpointer | str | os.PathLike,
+                       state: TrainState) -> dict:
+  """Replaces ``state``'s model and optimiser state by a checkpoint's; returns its meta.
+
+  Args:
+    checkpointer: the run's own checkpointer (its latest checkpoint), or the path of another
+      run's workdir or step directory (``config.resume_from``).
+    state: the freshly created train state (the structure to restore into).
+  """
   model = state.model()
-  restored_model, state.opt, meta = checkpointer.restore(
-      model_state_target=ckpt_lib.model_state_dict(model), train_state_target=state.opt)
+  if isinstance(checkpointer, ckpt_lib.TrainCheckpointer):
+    restored_model, state.opt, meta = checkpointer.restore(
+        model_state_target=ckpt_lib.model_state_dict(model), train_state_target=state.opt)
+  else:
+    restored_model, state.opt, meta = ckpt_lib.restore_train_checkpoint(
+        checkpointer, model_state_target=ckpt_lib.model_state_dict(model),
+        train_state_target=state.opt)
   nnx_state = nnx.state(model)
   nnx.replace_by_pure_dict(nnx_state, restored_model)
   nnx.update(model, nnx_state)
@@ -416,6 +429,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
     NonFiniteLossError: the loss or the gradient norm became NaN or infinite. The checkpoints
       on disk all predate it.
   """
+  t0 = time.perf_counter()
   _check_config(config)
   data = _load_data(config)
   workdir = pathlib.Path(workdir)
@@ -428,17 +442,26 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
              if bool(t_cfg.keep_worst) else None)
     checkpointer = stack.enter_context(ckpt_lib.TrainCheckpointer(workdir, keep=int(t_cfg.keep)))
     latest = checkpointer.latest_step()
+    fresh = latest is None and not str(_cfg_get(config, "resume_from", "") or "")
     state = create_train_state(config, data, key=k_init, model=model,
-                               init_from=str(config.init_from) if latest is None else "")
+                               init_from=str(config.init_from) if fresh else "")
     mcfg, objective = state.model_config, state.objective
     mesh = make_mesh(int(t_cfg.num_devices), batch_size=int(config.data.batch_size))
     ckpts = _Checkpoints(checkpointer, worst, best_metric=str(t_cfg.best_metric), meta={
         "model_config": mcfg.to_dict(), "config": _config_json(config), "dataset": data.name,
         "objective": dataclasses.asdict(objective)})
-    restored_meta = restore_checkpoint(checkpointer, state) if latest is not None else {}
+    resume_from = str(_cfg_get(config, "resume_from", "") or "")
+    if latest is not None:
+      restored_meta = restore_checkpoint(checkpointer, state)
+    elif resume_from:
+      restored_meta = restore_checkpoint(resume_from, state)
+    else:
+      restored_meta = {}
     start = state.step
     if latest is not None:
       _log(f"resuming from {workdir / 'checkpoints' / str(latest)} (step {start})")
+    elif resume_from:
+      _log(f"resuming from {restored_meta['restored_from']} (step {start}) in a fresh workdir")
     write_config(workdir, config, resumed=start > 0)
     writer = stack.enter_context(metrics_lib.MetricWriter(
         workdir, resume_step=start if latest is not None else None,
@@ -451,6 +474,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
     validate = make_validate(config, state, data, mesh, key=k_eval)
     if start >= state.total_steps:
       _log(f"already trained: step {start} of {state.total_steps}; nothing to do")
+      if latest is None:  # resumed from another run's final checkpoint: keep it here too
+        save_checkpoint(ckpts, state, start, restored_meta.get("validation"))
       return dict(restored_meta.get("validation") or {}, step=start)
     _log(f"{mcfg.arch} noise={mcfg.noise.spec} input_sigma={mcfg.noise.input_sigma} "
          f"objective={objective.name} on {data.name}: {len(data.x_train)} train / "
@@ -460,7 +485,50 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
     pbar = _progress_bar(config, stack, start=start, total=state.total_steps)
     log = _TrainLog(writer, pbar, log_every=max(1, int(t_cfg.log_every_steps)),
                     batch_size=int(config.data.batch_size), total_steps=state.total_steps)
-    return _train(config, state, data, key=k_data, mesh=mesh,
-                  step_fn=lambda p, r, o, xb, yb: step_fn(p, r, o, k_train_d, xb, yb),
-                  validate=validate, ckpts=ckpts, writer=writer, log=log, pbar=pbar,
-                  last_saved=latest, workdir=workdir)
+    out = _train(config, state, data, key=k_data, mesh=mesh,
+                 step_fn=lambda p, r, o, xb, yb: step_fn(p, r, o, k_train_d, xb, yb),
+                 validate=validate, ckpts=ckpts, writer=writer, log=log, pbar=pbar,
+                 last_saved=latest, workdir=workdir)
+  if jax.process_index() == 0:  # every checkpoint is on disk once the checkpointers closed
+    print(summary(workdir, wall_time_s=time.perf_counter() - t0), flush=True)
+  return out
+
+
+def summary(workdir: str | os.PathLike, *, wall_time_s: float | None = None) -> str:
+  """The end-of-run summary: best checkpoint (path, step, validation), wall time, the files.
+
+  Args:
+    workdir: a train workdir.
+    wall_time_s: the run's wall time (omitted from the text if ``None``).
+
+  Returns:
+    A few lines of text, each starting with ``[train]``.
+  """
+  wd = pathlib.Path(workdir).absolute()
+
+  def steps(d: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if (
+        d.is_dir()) else []
+
+  best, latest = steps(wd / "best"), steps(wd / "checkpoints")
+  val = {}
+  if best:
+    rows = [r for r in metrics_lib.read_metrics(wd)
+            if r.get("split") == "val" and r.get("step") == best[-1]]
+    val = rows[-1] if rows else {}
+  lines = ["training done" + ("" if wall_time_s is None else
+                              f" in {wall_time_s:.0f} s ({wall_time_s / 60:.1f} min)")]
+  if best:
+    accs = ", ".join(f"{k} {v:.4f}" for k, v in val.items()
+                     if k.endswith("accuracy") and isinstance(v, (int, float)))
+    lines.append(f"best checkpoint: {wd / 'best' / str(best[-1])} (step {best[-1]})"
+                 + (f"; validation {accs}" if accs else ""))
+  else:
+    lines.append("best checkpoint: none (no validation ran)")
+  if latest:
+    lines.append(f"latest checkpoint: {wd / 'checkpoints' / str(latest[-1])} "
+                 f"(step {latest[-1]})")
+  lines.append(f"files: workdir {wd}; config {wd / 'config.json'}; metrics "
+               f"{wd / 'metrics.jsonl'}")
+  lines.append(f"evaluate it: python -m evaluate --checkpoint={wd} --workdir={wd}/eval")
+  return "\n".join(f"[train] {line}" for line in lines)

@@ -11,6 +11,11 @@ Layout (override any field on the command line: ``--config.optim.lr=0.05``):
   ``.pth``/``.th`` file); parameters are copied where path and shape agree (noise scales a
   plain checkpoint lacks keep their initial values). ``init_required``: the preset fine-tunes
   and refuses to start without ``init_from``.
+* ``resume_from``: the train state of another run to continue in a fresh workdir (its workdir:
+  the latest checkpoint, or one copied step directory ``checkpoints/<step>/``): model,
+  optimiser state, step, data position and keys, so the run goes on as that run would have, bit
+  for bit (the config must be the same; ``init_from`` is then not used). Ignored once the
+  workdir has its own checkpoints.
 * ``model``: ``arch`` (resnet20/32/44/56/110, wrn34_10, wrn28_4), ``num_classes`` (0: the
   dataset's), ``shortcut`` (A/B), ``noise`` (none, pni_w[:layer|channel|element], pni_a,
   cni_w, joined with +), ``input_sigma`` and ``sigma_space`` (Gaussian input noise the model
@@ -65,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""
+  c.resume_from = ""
   c.init_required = False
 
   c.model = ml_collections.ConfigDict(dict(
