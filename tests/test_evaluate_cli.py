@@ -76,6 +76,7 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   rec = [x for x in clean if x["sigma"] == 0.125 and x["vote"] == "hard" and x["n"] == 4][0]
   assert rec["accuracy"] == pytest.approx(np.mean(accs))
   assert rec["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+  rec_h4 = rec
   # certification rows at the contract radii, and the per-image tsv
   cert = [x for x in recs if x["vote"] == "certify"]
   assert {0, 0.125, 0.25, 0.5, 0.75, 1.0} <= {x["radius"] for x in cert}
@@ -102,6 +103,25 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   assert pts[-1].exists()
   assert json.loads((wd / "results.json").read_text()) == recs
   assert not list(wd.rglob("*.tmp*"))
+  # confidence intervals in every record (a model without weight noise: blocks of one image)
+  for rec in recs:
+    assert {"accuracy_ci_low", "accuracy_ci_high", "accuracy_ci_method", "noise_block",
+            "smoothjax_version", "git_commit"} <= set(rec), rec
+    assert rec["noise_block"] == 256 and rec["accuracy_ci_method"] != "unavailable"
+    assert rec["accuracy_ci_low"] <= rec["accuracy"] + 1e-12 <= rec["accuracy_ci_high"] + 2e-12
+    assert 0 <= rec["accuracy_ci_low"] and rec["accuracy_ci_high"] <= 1
+  assert "accuracy_ci_low" in csv_lines[0]
+  # provenance beside the results: versions and the command line
+  prov = json.loads((wd / "provenance.json").read_text())
+  assert prov["packages"]["jax"] == jax.__version__
+  assert f"--workdir={wd}" in prov["argv"] and "--n=1,2,4" in prov["command"]
+  assert "version" in prov["smoothjax"] and "commit" in prov["smoothjax"]
+  # per-image correctness is kept: paired comparison of two votes of the same samples
+  correct, blocks = evaluation.load_correct(wd, sigma=0.125, vote="hard", n=4)
+  assert correct.shape == (2, 6) and blocks.tolist() == list(range(6))
+  assert correct.mean() == pytest.approx(rec_h4["accuracy"])
+  d = evaluation.paired_difference(wd, sigma=0.125, a=("hard", 4), b=("soft", 4))
+  assert -1 <= d.diff <= 1
 
 
 BAD = [
