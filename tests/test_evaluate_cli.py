@@ -1,5 +1,6 @@
 """Tests of ``python -m evaluate`` (README, "Evaluation"): records, outputs, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -122,6 +123,25 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   assert correct.mean() == pytest.approx(rec_h4["accuracy"])
   d = evaluation.paired_difference(wd, sigma=0.125, a=("hard", 4), b=("soft", 4))
   assert -1 <= d.diff <= 1
+
+
+def test_ci_blocks_follow_noise_blocks_and_craft_batches():
+  """Weight noise: CI blocks = noise blocks, merged with the craft batches for attacked images."""
+  from tiny_model import TinyLinear  # pylint: disable=import-outside-toplevel
+  y = np.zeros(8, np.int64)
+  x = np.zeros((8, 4, 4, 3), np.uint8)
+  s = evaluation.EvalSettings(checkpoint="c", noise_block=2, batch_size=4, attack="pgd")
+  p = evaluation.Prepared(s, TinyLinear(weight_noise=0.3), {}, x, y, 4)
+  assert evaluation.ci_blocks(p, "clean").tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+  assert evaluation.ci_blocks(p, "adv").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+  p0 = evaluation.Prepared(dataclasses.replace(s, noise_block=0), TinyLinear(weight_noise=0.3),
+                           {}, x, y, 4)
+  assert set(evaluation.ci_blocks(p0).tolist()) == {0}
+  # input noise only: independent images
+  pi = evaluation.Prepared(s, TinyLinear(), {}, x, y, 4)
+  assert evaluation.ci_blocks(pi, "adv").tolist() == list(range(8))
+  with pytest.raises(evaluation.EvaluationError, match="noise_block"):
+    evaluation.validate(dataclasses.replace(s, noise_block=-1))
 
 
 BAD = [
