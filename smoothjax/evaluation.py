@@ -26,7 +26,15 @@ files, so the workdir must be on a filesystem all processes share (resume reads 
 Keys: ``root = key(seed)``; repeat ``r`` evaluates with ``fold_in(fold_in(root, 0), r)``
 (clean votes: ``fold_in(., 0)``, attack: ``fold_in(., 1)``, votes on adversarial examples:
 ``fold_in(., 2)``, sanity checks: ``fold_in(., 3)``), the same for every sigma (common random
-numbers make curves smooth in sigma); certification uses ``fold_in(root, 1)``.
+numbers make curves smooth in sigma); certification uses ``fold_in(root, 1)``. Every vote pass
+draws the model's weight / activation noise per block of ``noise_block`` images
+(:func:`smoothjax.smoothing.sample_votes`); the attacks draw it once per craft batch.
+
+Statistics: every accuracy record carries a 95% confidence interval (``accuracy_ci_low``,
+``accuracy_ci_high``, ``accuracy_ci_method``; :func:`smoothjax.stats.accuracy_ci`, default
+block-level Clopper-Pearson with an effective sample size, Korn & Graubard 1998) over the
+independent units of :func:`ci_blocks`; the points keep every vote's per-image correctness
+(:func:`load_correct`, :func:`paired_difference`).
 
 Example (a notebook)::
 
