@@ -238,3 +238,30 @@ def test_siam_resnet20_clean_accuracy(siam_resnet20, lossless_npz, tmp_path):
   recs = json.loads((wd / "results.json").read_text())
   hard = [x for x in recs if x["vote"] == "hard"][0]
   assert hard["num_images"] == 500 and hard["accuracy"] >= 0.90, hard
+
+
+def test_weight_noise_evaluation_blocks_intervals_and_chunking(tmp_path):
+  """A weight-noise model: block CIs, and records independent of --batch_size per noise_block."""
+  from tiny_model import TinyLinear  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(1)
+  x = rng.randint(0, 256, (8, 4, 4, 3)).astype(np.uint8)
+  model = TinyLinear(weight_noise=0.5, scale=0.5)
+  y = np.asarray(model(x.astype(np.float32) / 255, noise=False)).argmax(-1)
+
+  def records(name, **kw):
+    s = evaluation.EvalSettings(checkpoint="tiny", sigmas=(0.1,), ns=(1, 4), votes=("hard",),
+                                repeats=2, progress=False, workdir=str(tmp_path / name), **kw)
+    p = evaluation.Prepared(s, model, {}, x, y, 4, fingerprint=name)
+    return evaluation.run(p, log=lambda m: None)
+
+  a = records("a", noise_block=2, batch_size=64)
+  b = records("b", noise_block=2, batch_size=3)
+  assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+  for r in a:
+    assert r["accuracy_ci_method"] == "block_beta" and r["noise_block"] == 2
+    assert r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"]
+  blocks = json.loads((tmp_path / "a" / "points" / "a" / "blocks.json").read_text())
+  assert blocks["clean"] == [0, 0, 1, 1, 2, 2, 3, 3]
+  # one shared draw (the reference's granularity): a single block, so the repeats fallback
+  c = records("c", noise_block=0)
+  assert all(r["accuracy_ci_method"] == "repeats" and r["noise_block"] == 0 for r in c)
