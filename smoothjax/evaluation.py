@@ -9,6 +9,8 @@ crafted once per point and voted on for every ``n``.
 Workdir layout (README's evaluation section)::
 
   results.json, results.csv   flat records (one per vote x n x sigma x attack, + certify rows)
+  provenance.json             what produced them (smoothjax version / git commit, library
+                              versions, devices, command line, time; smoothjax.provenance)
   plots/*.png                 accuracy vs n (per vote), accuracy vs sigma, certified accuracy
   certify.tsv                 per-image CERTIFY output (index, label, predict, radius, correct)
   sanity_checks.json          gradient-masking checks (``--sanity_checks``)
@@ -24,7 +26,15 @@ files, so the workdir must be on a filesystem all processes share (resume reads 
 Keys: ``root = key(seed)``; repeat ``r`` evaluates with ``fold_in(fold_in(root, 0), r)``
 (clean votes: ``fold_in(., 0)``, attack: ``fold_in(., 1)``, votes on adversarial examples:
 ``fold_in(., 2)``, sanity checks: ``fold_in(., 3)``), the same for every sigma (common random
-numbers make curves smooth in sigma); certification uses ``fold_in(root, 1)``.
+numbers make curves smooth in sigma); certification uses ``fold_in(root, 1)``. Every vote pass
+draws the model's weight / activation noise per block of ``noise_block`` images
+(:func:`smoothjax.smoothing.sample_votes`); the attacks draw it once per craft batch.
+
+Statistics: every accuracy record carries a 95% confidence interval (``accuracy_ci_low``,
+``accuracy_ci_high``, ``accuracy_ci_method``; :func:`smoothjax.stats.accuracy_ci`, default
+block-level Clopper-Pearson with an effective sample size, Korn & Graubard 1998) over the
+independent units of :func:`ci_blocks`; the points keep every vote's per-image correctness
+(:func:`load_correct`, :func:`paired_difference`).
 
 Example (a notebook)::
 
@@ -58,7 +68,9 @@ from smoothjax import attacks
 from smoothjax import certify as certify_lib
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
+from smoothjax import provenance as provenance_lib
 from smoothjax import smoothing
+from smoothjax import stats
 from smoothjax._utils import atomic_write_text, first_line
 
 __all__ = [
@@ -75,6 +87,9 @@ __all__ = [
     "validate",
     "prepare",
     "run",
+    "ci_blocks",
+    "load_correct",
+    "paired_difference",
 ]
 
 ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack")
@@ -85,8 +100,10 @@ DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _MULTI_SAMPLE_ATTACKS = ("epgd", "smoothadv", "pgd_s")
 RECORD_FIELDS = ("vote", "n", "sigma", "sigma_space", "attack", "eps", "steps",
                  "attack_samples", "accuracy", "accuracy_std", "top5", "repeats", "num_images",
-                 "seed", "checkpoint")
-_VERSION = 1  # bump when the meaning of saved points changes
+                 "seed", "checkpoint", "accuracy_ci_low", "accuracy_ci_high",
+                 "accuracy_ci_method", "noise_block")
+CI_LEVEL = 0.95  # level of the accuracy_ci_low / accuracy_ci_high of every record
+_VERSION = 2  # bump when the meaning of saved points changes (2: noise blocks, per-image bits)
 
 
 class EvaluationError(ValueError):
@@ -194,6 +211,10 @@ class EvalSettings:
     votes: vote names (:func:`smoothjax.smoothing.get_vote`).
     repeats, seed: independent evaluations (mean / std) and the base seed.
     batch_size: images x samples per forward pass.
+    noise_block: images per weight / activation-noise draw (image ``i`` uses the draw of block
+      ``i // noise_block``; ``0``: one draw shared by all images, the reference's granularity);
+      see :func:`smoothjax.smoothing.sample_votes`. The blocks are also the independent units
+      of the records' confidence intervals.
     certify, n0, certify_n, alpha: Cohen et al.'s CERTIFY.
     attack, eps, norm, steps, step_size, attack_samples, restarts, source_checkpoint,
       nattack_population, nattack_iterations, sanity_checks: the attack (``smoothjax.attacks``).
@@ -219,6 +240,7 @@ class EvalSettings:
   repeats: int = 1
   seed: int = 0
   batch_size: int = 256
+  noise_block: int = smoothing.DEFAULT_NOISE_BLOCK
   certify: bool = False
   n0: int = 100
   certify_n: int = 100_000
@@ -283,6 +305,9 @@ def validate(s: EvalSettings) -> EvalSettings:
     v = getattr(s, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise EvaluationError(f"{name}: must be a positive integer, got {v!r}")
+  if not isinstance(s.noise_block, int) or isinstance(s.noise_block, bool) or s.noise_block < 0:
+    raise EvaluationError(f"noise_block: must be an integer >= 0 (0: one draw for all images), "
+                          f"got {s.noise_block!r}")
   if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
     raise EvaluationError(f"limit: must be a positive integer, got {s.limit!r}")
   if s.step is not None and (not isinstance(s.step, int) or s.step < 0):
@@ -414,6 +439,7 @@ def _fingerprint(p: Prepared) -> str:
       "num_images": int(len(p.y)),
       "images": hashlib.sha256(np.ascontiguousarray(p.x).tobytes()).hexdigest()[:16],
       "sigma_space": s.sigma_space, "ns": list(s.ns), "votes": list(s.votes), "seed": s.seed,
+      "noise_block": s.noise_block,
       "attack": [s.attack, s.eps, s.norm, s.steps, s.step_size, s.attack_samples, s.restarts,
                  s.source_checkpoint, s.nattack_population, s.nattack_iterations]
       if s.attack != "none" else "none",
@@ -471,8 +497,13 @@ def _is_writer() -> bool:
 
 
 def _vote_summary(votes: smoothing.VoteCounts, y: np.ndarray) -> dict:
-  return {name: {"accuracy": votes.accuracy(name, y).tolist(),
-                 "top5": votes.top5(name, y).tolist()} for name in votes}
+  """Per vote: accuracy and top-5 per prefix, and the per-image correctness ``(K, N)`` bits."""
+  out = {}
+  for name in votes:
+    correct = votes.predictions(name) == np.asarray(y)[None]
+    out[name] = {"accuracy": correct.mean(-1).tolist(), "top5": votes.top5(name, y).tolist(),
+                 "correct": stats.encode_bits(correct)}
+  return out
 
 
 def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -> dict:
@@ -483,7 +514,7 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   idx = np.arange(len(x), dtype=np.int32)
   n_max = max(s.ns)
   common = dict(sigma=sigma, sigma_space=s.sigma_space, prefixes=s.ns, votes=s.votes,
-                batch_size=s.batch_size, indices=idx)
+                batch_size=s.batch_size, indices=idx, noise_block=s.noise_block)
 
   def votes(key_index, images, label):
     bar = _Progress(s.progress, len(images), n_max, f"σ={sigma:g} r{r} {label}")
@@ -523,7 +554,8 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
     def accuracy_fn(xa):
       v = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, np.asarray(xa),
                                  sigma=sigma, sigma_space=s.sigma_space, prefixes=(n_max,),
-                                 votes=(first,), batch_size=s.batch_size, indices=idx)
+                                 votes=(first,), batch_size=s.batch_size, indices=idx,
+                                 noise_block=s.noise_block)
       return float(v.accuracy(first, p.y)[0])
 
     extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,
@@ -548,7 +580,7 @@ def _certify_point(p: Prepared, sigma: float) -> dict:
     res = certify_lib.certify(key, p.model, x, sigma=sigma, sigma_space=s.sigma_space,
                               n0=s.n0, num_samples=s.certify_n, alpha=s.alpha,
                               batch_size=s.batch_size, indices=np.arange(len(x)),
-                              progress=bar.callback)
+                              noise_block=s.noise_block, progress=bar.callback)
   finally:
     bar.close()
   dt = (time.time() - t0) / max(len(x), 1)
@@ -563,27 +595,87 @@ def _mean_std(values) -> tuple[float, float]:
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def _records(p: Prepared, points: dict, certs: dict) -> list[dict]:
+def _has_model_noise(model) -> bool:
+  cfg = getattr(model, "config", None)
+  return bool(getattr(getattr(cfg, "noise", None), "any_model_noise", False))
+
+
+def _craft_batch_size(s: EvalSettings, num: int) -> int:
+  """Images per :func:`smoothjax.attacks.craft` call (one noise draw each), as craft cuts them."""
+  bs = s.batch_size
+  if s.attack == "nattack":
+    bs = max(1, min(s.batch_size, 8192 // (s.nattack_population + 1)))
+  return max(1, min(bs, num))
+
+
+def ci_blocks(p: Prepared, kind: str = "clean") -> np.ndarray:
+  """The independent units of an evaluation's confidence intervals: a block id per image.
+
+  Images share weight / activation-noise draws within a noise block
+  (:func:`smoothjax.smoothing.noise_blocks` of ``settings.noise_block``); adversarial examples
+  (``kind="adv"``) also share the draws of their craft batch, so those blocks are merged with
+  the attack's batches (:func:`smoothjax.stats.merge_blocks`). A model with input noise only
+  has independent images (a block per image).
+  """
+  s = p.settings
+  idx = np.arange(len(p.y))
+  noisy = _has_model_noise(p.model)
+  blocks = smoothing.noise_blocks(idx, s.noise_block) if noisy else idx
+  if kind == "adv" and (noisy or (p.source_model is not None
+                                  and _has_model_noise(p.source_model))):
+    blocks = stats.merge_blocks(blocks, idx // _craft_batch_size(s, len(idx)))
+  return blocks
+
+
+def _ci(correct, blocks) -> dict:
+  """``accuracy_ci_low``, ``accuracy_ci_high``, ``accuracy_ci_method`` of ``(R, N)`` bits."""
+  if correct is None or len(blocks) == 0:
+    return {"accuracy_ci_low": None, "accuracy_ci_high": None,
+            "accuracy_ci_method": "unavailable"}
+  return stats.accuracy_ci(correct, block_ids=blocks, level=CI_LEVEL).as_record("accuracy")
+
+
+def _correct_bits(reps: list[dict], vote: str) -> np.ndarray | None:
+  """``(R, K, N)`` per-image correctness of a vote over repeats (None: points without bits)."""
+  if not all("correct" in rp[vote] for rp in reps):
+    return None
+  return np.stack([stats.decode_bits(rp[vote]["correct"]) for rp in reps])
+
+
+def _provenance_columns(prov: dict | None) -> dict:
+  if not prov:
+    return {}
+  info = prov.get("smoothjax", {})
+  return {"smoothjax_version": info.get("version"), "git_commit": info.get("commit")}
+
+
+def _records(p: Prepared, points: dict, certs: dict, prov: dict | None = None) -> list[dict]:
   s = p.settings
   base = {"sigma_space": s.sigma_space, "repeats": s.repeats, "num_images": int(len(p.y)),
-          "seed": s.seed, "checkpoint": s.checkpoint}
+          "seed": s.seed, "checkpoint": s.checkpoint, "noise_block": s.noise_block,
+          **_provenance_columns(prov)}
   recs = []
   kinds = [("clean", {"attack": "none", "eps": 0, "steps": 0, "attack_samples": 0})]
   if s.attack != "none":
     kinds.append(("adv", _attack_columns(s)))
   for kind, cols in kinds:
+    blocks = ci_blocks(p, kind)
     for sigma in s.sigmas:
       reps = [points[(sigma, r)][kind] for r in range(s.repeats)]
       for vote in s.votes:
+        bits = _correct_bits(reps, vote)
         for k, n in enumerate(s.ns):
           acc, acc_std = _mean_std([rp[vote]["accuracy"][k] for rp in reps])
           t5, t5_std = _mean_std([rp[vote]["top5"][k] for rp in reps])
           rec = {"vote": vote, "n": n, "sigma": sigma, **cols, "accuracy": acc,
-                 "accuracy_std": acc_std, "top5": t5, **base, "top5_std": t5_std,
+                 "accuracy_std": acc_std,
+                 **_ci(None if bits is None else bits[:, k], blocks),
+                 "top5": t5, **base, "top5_std": t5_std,
                  "dataset": s.dataset, "split": s.split}
           if kind == "adv":
             rec["norm"] = s.norm
           recs.append(rec)
+  cert_blocks = ci_blocks(p, "clean")
   for sigma in sorted(certs):
     c = certs[sigma]
     radius = np.asarray(c["radius"])
@@ -591,9 +683,10 @@ def _records(p: Prepared, points: dict, certs: dict) -> list[dict]:
     abstain = float((np.asarray(c["predict"]) == certify_lib.ABSTAIN).mean())
     accs = certify_lib.certified_accuracy(radius, correct, CERTIFY_RADII)
     for rad, acc in zip(CERTIFY_RADII, accs):
+      ci = _ci((correct & (radius >= rad))[None], cert_blocks)
       recs.append({"vote": "certify", "n": s.certify_n, "n0": s.n0, "alpha": s.alpha,
                    "radius": rad, "sigma": sigma, "attack": "none", "eps": 0, "steps": 0,
-                   "attack_samples": 0, "accuracy": float(acc), "accuracy_std": 0.0,
+                   "attack_samples": 0, "accuracy": float(acc), "accuracy_std": 0.0, **ci,
                    "abstain": abstain, "top5": None, **dict(base, repeats=1),
                    "dataset": s.dataset, "split": s.split,
                    "seconds_per_image": c.get("seconds_per_image")})
@@ -640,6 +733,82 @@ def _write_outputs(p: Prepared, records: list[dict], certs: dict, checks: list[d
     atomic_write_text(wd / "sanity_checks.json", json.dumps(checks, indent=1) + "\n")
 
 
+def _points_dir(workdir, fingerprint: str | None) -> pathlib.Path:
+  """The resume directory of a workdir's evaluation (the newest one when several exist)."""
+  root = pathlib.Path(workdir) / "points"
+  if fingerprint is not None:
+    return root / fingerprint
+  dirs = sorted((d for d in root.glob("*") if (d / "blocks.json").exists()),
+                key=lambda d: (d / "blocks.json").stat().st_mtime)
+  if not dirs:
+    raise EvaluationError(f"{workdir}: no evaluation with per-image results (points/*/"
+                          "blocks.json); run python -m evaluate there first")
+  return dirs[-1]
+
+
+def load_correct(workdir, *, sigma: float, vote: str, n: int, kind: str = "clean",
+                 fingerprint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Per-image correctness of a finished evaluation, for :mod:`smoothjax.stats`.
+
+  Args:
+    workdir: the evaluation's ``--workdir``.
+    sigma, vote, n: which accuracy (``n`` one of the evaluated sample counts).
+    kind: ``"clean"`` or ``"adv"`` (the attacked images).
+    fingerprint: which evaluation under ``workdir/points`` (default: the newest).
+
+  Returns:
+    ``(correct, blocks)``: ``(R, N)`` booleans over repeats and images, and the ``(N,)`` block
+    ids (:func:`ci_blocks`) to pass as ``block_ids``.
+
+  Raises:
+    EvaluationError: no such evaluation, sigma, vote, n or kind.
+  """
+  pdir = _points_dir(workdir, fingerprint)
+  settings = _read_json(pdir / "settings.json") or {}
+  blocks = _read_json(pdir / "blocks.json") or {}
+  ns = list(settings.get("ns", []))
+  if n not in ns:
+    raise EvaluationError(f"n: {n} was not evaluated in {pdir} (ns: {ns})")
+  if kind not in blocks:
+    raise EvaluationError(f"kind: {kind!r} not in {pdir} (have: {sorted(blocks)})")
+  out = []
+  for r in range(int(settings.get("repeats", 1))):
+    pt = _read_json(pdir / f"sigma_{_sigma_name(float(sigma))}_r{r}.json")
+    if pt is None or vote not in pt.get(kind, {}) or "correct" not in pt[kind][vote]:
+      raise EvaluationError(f"no {kind} {vote!r} results at sigma={sigma:g}, repeat {r} in "
+                            f"{pdir}")
+    out.append(stats.decode_bits(pt[kind][vote]["correct"])[ns.index(n)])
+  return np.stack(out), np.asarray(blocks[kind], np.int64)
+
+
+def paired_difference(workdir, *, sigma: float, a: tuple[str, int], b: tuple[str, int],
+                      kind: str = "clean", fingerprint: str | None = None,
+                      **kw) -> stats.PairedDifference:
+  """Paired comparison of two accuracies of one evaluation, e.g. hard vs soft at ``n = 8``.
+
+  Both come from the same Monte-Carlo samples, so the difference is tested on the per-block
+  differences (:func:`smoothjax.stats.paired_difference`, blocks of :func:`ci_blocks`).
+
+  Args:
+    workdir, sigma, kind, fingerprint: as for :func:`load_correct`.
+    a, b: ``(vote, n)`` of the two accuracies.
+    **kw: passed to :func:`smoothjax.stats.paired_difference` (``level``, ``method``, ...).
+
+  Returns:
+    :class:`smoothjax.stats.PairedDifference`: ``acc(a) - acc(b)``, its interval and p-value.
+
+  Example::
+
+    d = evaluation.paired_difference("runs/eval", sigma=0.12, a=("hard", 8), b=("soft", 8))
+    print(d.diff, d.low, d.high, d.p_value)
+  """
+  ca, blocks = load_correct(workdir, sigma=sigma, vote=a[0], n=a[1], kind=kind,
+                            fingerprint=fingerprint)
+  cb, _ = load_correct(workdir, sigma=sigma, vote=b[0], n=b[1], kind=kind,
+                       fingerprint=fingerprint)
+  return stats.paired_difference(ca, cb, block_ids=blocks, **kw)
+
+
 def _sigma_name(sigma: float) -> str:
   return repr(float(sigma)).replace(".", "p").replace("-", "m")
 
@@ -670,6 +839,9 @@ def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None 
     pdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pdir / "settings.json",
                   json.dumps(dataclasses.asdict(s), indent=1, default=str) + "\n")
+    kinds = ("clean",) if s.attack == "none" else ("clean", "adv")
+    atomic_write_text(pdir / "blocks.json", json.dumps(
+        {k: ci_blocks(p, k).tolist() for k in kinds}) + "\n")
   points: dict = {}
   checks: list[dict] = []
   skipped = 0
@@ -707,7 +879,10 @@ def run(settings: EvalSettings | Prepared, *, log: Callable[[str], None] | None 
       certs[sigma] = c
   if skipped:
     log(f"resumed: {skipped} finished point(s) reused from {pdir}")
-  records = _records(p, points, certs)
+  prov = provenance_lib.provenance()
+  records = _records(p, points, certs, prov)
   if writer:
+    atomic_write_text(pathlib.Path(s.workdir) / "provenance.json",
+                      json.dumps(prov, indent=1) + "\n")
     _write_outputs(p, records, certs, checks)
   return records

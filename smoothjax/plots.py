@@ -1,7 +1,9 @@
 """PNG plots of evaluation results (matplotlib, headless).
 
 * :func:`plot_accuracy_vs_n`: smoothed accuracy against the number of samples ``n`` for one vote,
-  a line per (sigma, attack), error bars = std over repeats (the paper's main plot).
+  a line per (sigma, attack), error bars = std over repeats (the paper's main plot), shaded
+  band = the records' confidence interval (``accuracy_ci_low`` .. ``accuracy_ci_high``, see
+  :func:`smoothjax.stats.accuracy_ci`) where available.
 * :func:`plot_accuracy_vs_sigma`: accuracy against sigma at the largest ``n``, a line per
   (vote, attack).
 * :func:`plot_attack_vs_compute`: accuracy against attack compute k * m (the paper's Fig. 0.B.3),
@@ -57,8 +59,15 @@ def plot_accuracy_vs_n(records: Iterable[Mapping], path, *, vote: str, title: st
     n = [r["n"] for r in sel]
     acc = [100 * r["accuracy"] for r in sel]
     std = [100 * r["accuracy_std"] for r in sel]
-    ax.errorbar(n, acc, yerr=std, marker="o", ms=3, capsize=2,
-                linestyle="-" if attack == "none" else "--", label=_label(sigma, space, attack))
+    line = ax.errorbar(n, acc, yerr=std, marker="o", ms=3, capsize=2,
+                       linestyle="-" if attack == "none" else "--",
+                       label=_label(sigma, space, attack))
+    band = [(m, r.get("accuracy_ci_low"), r.get("accuracy_ci_high")) for m, r in zip(n, sel)
+            if r.get("accuracy_ci_low") is not None and r.get("accuracy_ci_high") is not None]
+    if band:
+      ax.fill_between([b[0] for b in band], [100 * b[1] for b in band],
+                      [100 * b[2] for b in band], alpha=0.18, linewidth=0,
+                      color=line[0].get_color())
   ax.set_xscale("log", base=2)
   ax.set_xlabel("number of samples n")
   ax.set_ylabel("accuracy (%)")

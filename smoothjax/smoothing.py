@@ -7,13 +7,21 @@ Cohen et al.'s PREDICT / CERTIFY live in :mod:`smoothjax.certify`.
 
 Sampling semantics (fixed, so that results never depend on chunking or device count):
 
-* Sample ``s`` (global index ``0 .. n-1``) runs the model with key ``fold_in(key, s)``: one
-  weight / activation-noise draw, shared by the whole image batch (the reference's
-  granularity). Following the model's key layout, ``fold_in(fold_in(key, s), 0)`` is the
-  input-noise slot; image ``i`` (its *global* dataset index, see ``indices``) gets the input
-  noise ``sigma * normal(fold_in(fold_in(fold_in(key, s), 0), i))``. Results are therefore
-  identical whether images or samples are chunked, sharded over devices, or not (hard-vote
-  counts bit for bit; float vote sums up to summation order).
+* Sample ``s`` (global index ``0 .. n-1``) has the key ``fold_in(key, s)``. Following the
+  model's key layout, ``fold_in(fold_in(key, s), 0)`` is the input-noise slot; image ``i`` (its
+  *global* dataset index, see ``indices``) gets the input noise
+  ``sigma * normal(fold_in(fold_in(fold_in(key, s), 0), i))``.
+* Weight / activation noise is drawn once per sample and per *noise block* of
+  ``noise_block`` images (default :data:`DEFAULT_NOISE_BLOCK` = 256): image ``i`` of sample
+  ``s`` runs the model with the key ``fold_in(fold_in(key, s), 1 + i // noise_block)`` (the
+  ``1 +`` keeps it off the input-noise slot 0). Images of one block share a draw, images of
+  different blocks get independent draws, so the accuracy of a large evaluation averages over
+  many draws (the std over repeats is not inflated by one shared draw) while each forward pass
+  still uses a single draw (image chunks never straddle a block). ``noise_block=0`` is the
+  reference implementation's granularity: one draw, key ``fold_in(key, s)``, shared by every
+  image of the evaluation.
+* Results are therefore identical whether images or samples are chunked, sharded over
+  devices, or not (hard-vote counts bit for bit; float vote sums up to summation order).
 * Models with weight / activation noise run one forward pass per sample on a batch of images
   (weight-noise draws are looped with ``lax.scan``, never ``vmap``-ped: a vmapped kernel
   becomes a grouped convolution, about 10x slower on CPU). Models with input noise only batch
@@ -71,6 +79,8 @@ from smoothjax._utils import pad_rows
 
 __all__ = [
     "AXIS",
+    "DEFAULT_NOISE_BLOCK",
+    "noise_blocks",
     "VOTE_NAMES",
     "DEFAULT_VOTES",
     "Vote",
@@ -98,6 +108,7 @@ __all__ = [
 ]
 
 AXIS = "samples"
+DEFAULT_NOISE_BLOCK = 256  # images per weight / activation-noise draw (see the module docstring)
 VOTE_NAMES = ("hard", "soft", "soft_logits", "weighted")
 DEFAULT_VOTES = VOTE_NAMES
 
@@ -357,8 +368,11 @@ def sample_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mes
 @functools.lru_cache(maxsize=64)
 def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group: int,
                   model_noise: bool, input_noise: bool, sigma_space: str,
-                  unroll: int, key_impl: str):
-  """Jitted ``(state, x, index, key_data, sigma, start, prefixes, acc) -> acc``.
+                  unroll: int, key_impl: str, blocked: bool = False):
+  """Jitted ``(state, x, index, key_data, sigma, start, prefixes, block, acc) -> acc``.
+
+  ``blocked``: the model-noise key of sample ``s`` is ``fold_in(fold_in(key, s), 1 + block)``
+  (the chunk's noise block) instead of ``fold_in(key, s)``.
 
   Each device runs ``steps`` forward passes of ``group`` samples (group > 1 only without model
   noise: images x samples in one batch) for the global samples
@@ -367,7 +381,7 @@ def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group:
   per_device = steps * group
   P = jax.sharding.PartitionSpec
 
-  def local(state, x, index, key_data, sigma, start, prefixes, acc):
+  def local(state, x, index, key_data, sigma, start, prefixes, block, acc):
     key = jax.random.wrap_key_data(key_data, impl=key_impl)
     model = nnx.merge(graphdef, state)
     scale = noise_lib.input_noise_scale(sigma, sigma_space, model.config.std)
@@ -380,7 +394,8 @@ def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group:
         xn = x
         if input_noise:
           xn = _input_noise(jax.random.fold_in(keys[0], 0), x, index, scale)
-        logits = _forward(model, xn, keys[0], model_noise)[None]
+        mkey = jax.random.fold_in(keys[0], 1 + block) if blocked else keys[0]
+        logits = _forward(model, xn, mkey, model_noise)[None]
       else:
         # No model noise: samples differ only by their input noise; one images x samples batch.
         xg = jnp.broadcast_to(x, (group,) + x.shape)
@@ -401,9 +416,9 @@ def _chunk_runner(graphdef, mesh, votes: tuple[Vote, ...], *, steps: int, group:
 
   rep = P()
   fn = jax.shard_map(local, mesh=mesh,
-                     in_specs=(rep, rep, rep, rep, rep, rep, rep, P(AXIS)),
+                     in_specs=(rep, rep, rep, rep, rep, rep, rep, rep, P(AXIS)),
                      out_specs=P(AXIS), check_vma=False)
-  return jax.jit(fn, donate_argnums=(7,))
+  return jax.jit(fn, donate_argnums=(8,))
 
 
 @functools.lru_cache(maxsize=64)
@@ -468,12 +483,53 @@ def _check_plan(num_samples, prefixes, votes) -> tuple[list[int], int, tuple[Vot
   return prefixes, n_max, vote_objs
 
 
+def _check_noise_block(noise_block) -> int:
+  if isinstance(noise_block, bool) or not isinstance(noise_block, (int, np.integer)) \
+      or noise_block < 0:
+    raise ValueError(f"noise_block must be an integer >= 0 (0: one draw for all images), got "
+                     f"{noise_block!r}")
+  return int(noise_block)
+
+
+def noise_blocks(indices, noise_block: int = DEFAULT_NOISE_BLOCK) -> np.ndarray:
+  """The weight / activation-noise block of every image: ``index // noise_block``.
+
+  Images with the same block id share their model-noise draws in :func:`sample_votes`;
+  ``noise_block=0`` puts every image in block 0 (one shared draw). These are the independent
+  units of :func:`smoothjax.stats.accuracy_ci` for a model with weight / activation noise.
+
+  Example:
+    >>> noise_blocks(np.arange(6), 4).tolist()
+    [0, 0, 0, 0, 1, 1]
+  """
+  noise_block = _check_noise_block(noise_block)
+  idx = np.asarray(indices, np.int64)
+  if noise_block == 0:
+    return np.zeros(idx.shape, np.int64)
+  return idx // noise_block
+
+
+def _chunk_plan(indices: np.ndarray, chunk: int, blocks: np.ndarray | None
+                ) -> list[tuple[np.ndarray, int]]:
+  """``[(positions, block)]``: image chunks of at most ``chunk``, none straddling a block."""
+  num = len(indices)
+  if blocks is None:
+    return [(np.arange(lo, min(lo + chunk, num)), 0) for lo in range(0, num, chunk)]
+  uniq, first, inverse = np.unique(blocks, return_index=True, return_inverse=True)
+  plan = []
+  for u in np.argsort(first, kind="stable"):  # blocks in the order of their first image
+    pos = np.flatnonzero(inverse == u)
+    plan.extend((pos[lo:lo + chunk], int(uniq[u])) for lo in range(0, len(pos), chunk))
+  return plan
+
+
 def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
                  num_samples: int | None = None, prefixes: Iterable[int] | None = None,
                  votes: Sequence[str | Vote] = DEFAULT_VOTES, batch_size: int = 256,
                  indices=None, mesh: jax.sharding.Mesh | None = None,
                  steps_per_call: int = 4, unroll: int | bool = 1,
                  model_noise: bool | None = None,
+                 noise_block: int = DEFAULT_NOISE_BLOCK,
                  progress: Callable[[int], Any] | None = None) -> VoteCounts:
   """Monte-Carlo votes of a smoothed classifier, for every prefix ``n`` in one pass.
 
@@ -499,6 +555,12 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
       plain jitted forward (the convolutions dominate; the in-loop slowdown of jax#12868 does
       not show at these batch sizes) and compiles 2-3x faster, hence the default.
     model_noise: run the model's own weight / activation noise (default: when it has any).
+    noise_block: images per weight / activation-noise draw: image ``i`` of sample ``s`` uses
+      the model key ``fold_in(fold_in(key, s), 1 + i // noise_block)`` (its global index
+      ``i``), and image chunks are cut at block boundaries so that every forward pass uses one
+      draw. ``0``: one draw ``fold_in(key, s)`` shared by all images (the reference's
+      granularity; correlates the images' results, which inflates the spread over repeats at
+      small ``n``). Irrelevant without model noise.
     progress: called with the number of image-samples done after each call.
 
   Returns:
@@ -516,6 +578,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if model_noise is None:
     model_noise = cfg.noise.any_model_noise
+  noise_block = _check_noise_block(noise_block)
 
   x = np.asarray(x) if not isinstance(x, jax.Array) else x
   if x.dtype == np.uint8:
@@ -547,6 +610,11 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
         progress((hi - lo) * n_max)
     return VoteCounts(out, prefixes)
 
+  blocked = bool(model_noise) and noise_block > 0
+  blocks = noise_blocks(indices, noise_block) if blocked else None
+  if blocked:  # a chunk never holds more images than the largest block
+    chunk = min(chunk, int(np.max(np.unique(blocks, return_counts=True)[1])))
+  plan = _chunk_plan(indices, chunk, blocks)
   mesh = sample_mesh() if mesh is None else mesh
   n_dev = mesh.devices.size
   per_dev_needed = -(-n_max // n_dev)
@@ -558,26 +626,29 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   run = _chunk_runner(graphdef, mesh, vote_objs, steps=steps, group=group,
                       model_noise=bool(model_noise), input_noise=sigma != 0,
                       sigma_space=sigma_space, unroll=unroll,
-                      key_impl=str(jax.random.key_impl(key)))
+                      key_impl=str(jax.random.key_impl(key)), blocked=blocked)
   reduce = _reducer(mesh)
   state_d = _put(mesh, state)
   key_d = _put(mesh, jax.random.key_data(key))
   sigma_d = _put(mesh, np.float32(sigma))
   pref_d = _put(mesh, pref)
-  for lo in range(0, num, chunk):
-    hi = min(lo + chunk, num)
-    xb = _put(mesh, pad_rows(np.asarray(x[lo:hi], np.float32), chunk))
-    ib = _put(mesh, pad_rows(indices[lo:hi], chunk))
+  for pos, block in plan:
+    m = len(pos)
+    contiguous = pos[-1] - pos[0] + 1 == m
+    sel = slice(int(pos[0]), int(pos[0]) + m) if contiguous else pos
+    xb = _put(mesh, pad_rows(np.asarray(x[sel], np.float32), chunk))
+    ib = _put(mesh, pad_rows(indices[sel], chunk))
+    bd = _put(mesh, np.int32(block))
     acc = tuple(_zeros(mesh, (n_dev, len(pref), chunk, c),
                        np.int32 if v.integer else np.float32)() for v in vote_objs)
     for start in range(0, n_max, per_call):
-      acc = run(state_d, xb, ib, key_d, sigma_d, _put(mesh, np.int32(start)), pref_d, acc)
+      acc = run(state_d, xb, ib, key_d, sigma_d, _put(mesh, np.int32(start)), pref_d, bd, acc)
       if progress is not None:
         jax.block_until_ready(acc)
-        progress((hi - lo) * min(per_call, n_max - start))
+        progress(m * min(per_call, n_max - start))
     res = reduce(acc)
     for v, r in zip(vote_objs, res):
-      out[v.name][:, lo:hi] = _fetch(r)[:, :hi - lo]
+      out[v.name][:, sel] = _fetch(r)[:, :m]
   return VoteCounts(out, prefixes)
 
 

@@ -2,8 +2,9 @@
 
 The images of one evaluation are not independent trials. The model's weight / activation
 noise is drawn once per *block* of images (sample ``s`` of image ``i`` runs with the draw
-``fold_in(sample_key, i // block)``), so every image of a block sees the same ``n`` draws, and
-a lucky or unlucky draw moves the correctness of all of them together. Input noise is per
+``fold_in(sample_key, 1 + i // block)``, :func:`smoothjax.smoothing.sample_votes`), so every
+image of a block sees the same ``n`` draws, and a lucky or unlucky draw moves the correctness
+of all of them together. Input noise is per
 image, and repeats use independent keys. A per-image binomial interval then treats ``N``
 correlated trials as independent and is too narrow (see :func:`accuracy_ci`'s methods and the
 coverage tests).

@@ -1,5 +1,6 @@
 """Tests of ``python -m evaluate`` (README, "Evaluation"): records, outputs, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -76,6 +77,7 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   rec = [x for x in clean if x["sigma"] == 0.125 and x["vote"] == "hard" and x["n"] == 4][0]
   assert rec["accuracy"] == pytest.approx(np.mean(accs))
   assert rec["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+  rec_h4 = rec
   # certification rows at the contract radii, and the per-image tsv
   cert = [x for x in recs if x["vote"] == "certify"]
   assert {0, 0.125, 0.25, 0.5, 0.75, 1.0} <= {x["radius"] for x in cert}
@@ -102,6 +104,44 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   assert pts[-1].exists()
   assert json.loads((wd / "results.json").read_text()) == recs
   assert not list(wd.rglob("*.tmp*"))
+  # confidence intervals in every record (a model without weight noise: blocks of one image)
+  for rec in recs:
+    assert {"accuracy_ci_low", "accuracy_ci_high", "accuracy_ci_method", "noise_block",
+            "smoothjax_version", "git_commit"} <= set(rec), rec
+    assert rec["noise_block"] == 256 and rec["accuracy_ci_method"] != "unavailable"
+    assert rec["accuracy_ci_low"] <= rec["accuracy"] + 1e-12 <= rec["accuracy_ci_high"] + 2e-12
+    assert 0 <= rec["accuracy_ci_low"] and rec["accuracy_ci_high"] <= 1
+  assert "accuracy_ci_low" in csv_lines[0]
+  # provenance beside the results: versions and the command line
+  prov = json.loads((wd / "provenance.json").read_text())
+  assert prov["packages"]["jax"] == jax.__version__
+  assert f"--workdir={wd}" in prov["argv"] and "--n=1,2,4" in prov["command"]
+  assert "version" in prov["smoothjax"] and "commit" in prov["smoothjax"]
+  # per-image correctness is kept: paired comparison of two votes of the same samples
+  correct, blocks = evaluation.load_correct(wd, sigma=0.125, vote="hard", n=4)
+  assert correct.shape == (2, 6) and blocks.tolist() == list(range(6))
+  assert correct.mean() == pytest.approx(rec_h4["accuracy"])
+  d = evaluation.paired_difference(wd, sigma=0.125, a=("hard", 4), b=("soft", 4))
+  assert -1 <= d.diff <= 1
+
+
+def test_ci_blocks_follow_noise_blocks_and_craft_batches():
+  """Weight noise: CI blocks = noise blocks, merged with the craft batches for attacked images."""
+  from tiny_model import TinyLinear  # pylint: disable=import-outside-toplevel
+  y = np.zeros(8, np.int64)
+  x = np.zeros((8, 4, 4, 3), np.uint8)
+  s = evaluation.EvalSettings(checkpoint="c", noise_block=2, batch_size=4, attack="pgd")
+  p = evaluation.Prepared(s, TinyLinear(weight_noise=0.3), {}, x, y, 4)
+  assert evaluation.ci_blocks(p, "clean").tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+  assert evaluation.ci_blocks(p, "adv").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+  p0 = evaluation.Prepared(dataclasses.replace(s, noise_block=0), TinyLinear(weight_noise=0.3),
+                           {}, x, y, 4)
+  assert set(evaluation.ci_blocks(p0).tolist()) == {0}
+  # input noise only: independent images
+  pi = evaluation.Prepared(s, TinyLinear(), {}, x, y, 4)
+  assert evaluation.ci_blocks(pi, "adv").tolist() == list(range(8))
+  with pytest.raises(evaluation.EvaluationError, match="noise_block"):
+    evaluation.validate(dataclasses.replace(s, noise_block=-1))
 
 
 BAD = [
@@ -198,3 +238,30 @@ def test_siam_resnet20_clean_accuracy(siam_resnet20, lossless_npz, tmp_path):
   recs = json.loads((wd / "results.json").read_text())
   hard = [x for x in recs if x["vote"] == "hard"][0]
   assert hard["num_images"] == 500 and hard["accuracy"] >= 0.90, hard
+
+
+def test_weight_noise_evaluation_blocks_intervals_and_chunking(tmp_path):
+  """A weight-noise model: block CIs, and records independent of --batch_size per noise_block."""
+  from tiny_model import TinyLinear  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(1)
+  x = rng.randint(0, 256, (8, 4, 4, 3)).astype(np.uint8)
+  model = TinyLinear(weight_noise=0.5, scale=0.5)
+  y = np.asarray(model(x.astype(np.float32) / 255, noise=False)).argmax(-1)
+
+  def records(name, **kw):
+    s = evaluation.EvalSettings(checkpoint="tiny", sigmas=(0.1,), ns=(1, 4), votes=("hard",),
+                                repeats=2, progress=False, workdir=str(tmp_path / name), **kw)
+    p = evaluation.Prepared(s, model, {}, x, y, 4, fingerprint=name)
+    return evaluation.run(p, log=lambda m: None)
+
+  a = records("a", noise_block=2, batch_size=64)
+  b = records("b", noise_block=2, batch_size=3)
+  assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+  for r in a:
+    assert r["accuracy_ci_method"] == "block_beta" and r["noise_block"] == 2
+    assert r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"]
+  blocks = json.loads((tmp_path / "a" / "points" / "a" / "blocks.json").read_text())
+  assert blocks["clean"] == [0, 0, 1, 1, 2, 2, 3, 3]
+  # one shared draw (the reference's granularity): a single block, so the repeats fallback
+  c = records("c", noise_block=0)
+  assert all(r["accuracy_ci_method"] == "repeats" and r["noise_block"] == 0 for r in c)

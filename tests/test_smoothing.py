@@ -89,8 +89,9 @@ def test_prefix_votes_match_direct_computation(weight_noise):
   key = jax.random.key(3)
   prefixes = (1, 2, 3, 5, 8, 13)
   votes = ("hard", "soft", "soft_logits", "weighted", "weighted_top2")
+  # noise_block=0: one model-noise draw fold_in(key, s) per sample, as _direct computes it.
   got = smoothing.sample_votes(key, model, x, sigma=0.3, prefixes=prefixes, votes=votes,
-                               batch_size=4, steps_per_call=2, mesh=_mesh1())
+                               batch_size=4, steps_per_call=2, mesh=_mesh1(), noise_block=0)
   want = _direct(model, x, key, 13, prefixes, 0.3)
   assert got.prefixes == prefixes
   for name in votes:
@@ -123,6 +124,60 @@ def test_chunked_equals_unchunked_and_one_equals_eight_devices(weight_noise):
     for name in ("soft", "soft_logits", "weighted"):
       np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-4,
                                  err_msg=f"{name} {kw}")
+
+
+@pytest.mark.parametrize("noise_block", [0, 2, 3])
+def test_noise_blocks_independent_of_chunking_and_devices(noise_block):
+  model = TinyLinear(weight_noise=0.3, scale=0.5)
+  x = _images(7)
+  key = jax.random.key(12)
+  prefixes = (1, 4, 10)
+  kw = dict(sigma=0.5, prefixes=prefixes, noise_block=noise_block)
+  ref = smoothing.sample_votes(key, model, x, batch_size=64, steps_per_call=32,
+                               mesh=_mesh1(), **kw)
+  for v in (dict(batch_size=1, steps_per_call=1, mesh=_mesh1()),
+            dict(batch_size=2, steps_per_call=3), dict(batch_size=5, steps_per_call=2),
+            dict(batch_size=64, steps_per_call=5)):
+    got = smoothing.sample_votes(key, model, x, **kw, **v)
+    np.testing.assert_array_equal(got["hard"], ref["hard"], err_msg=str(v))
+    np.testing.assert_allclose(got["soft"], ref["soft"], rtol=1e-5, atol=1e-4, err_msg=str(v))
+  # a subset (its global indices) sees the same draws as in the full run
+  sub = smoothing.sample_votes(key, model, x[3:], indices=np.arange(3, 7), batch_size=2,
+                               mesh=_mesh1(), **kw)
+  np.testing.assert_array_equal(sub["hard"], ref["hard"][:, 3:])
+
+
+def _weight_draws(model, noise_block, num=6):
+  """The weight-noise draw each image saw in sample 0: ``logits(x_i) - clean logits(x_i)``.
+
+  The tiny linear model without input noise gives ``x_i @ (w + eps)``; with one-hot-like images
+  picking the same pixel, equal differences mean an equal draw.
+  """
+  x = np.zeros((num, 4, 4, 3), np.float32)
+  x[:, 0, 0, 0] = 1.0  # identical images: any logit difference comes from the draw
+  got = smoothing.sample_votes(jax.random.key(0), model, x, sigma=0.0, prefixes=(1,),
+                               votes=("soft_logits",), batch_size=4, mesh=_mesh1(),
+                               noise_block=noise_block)["soft_logits"][0]
+  return got
+
+
+def test_images_in_different_blocks_get_different_weight_draws():
+  model = TinyLinear(weight_noise=0.5)
+  d = _weight_draws(model, 2)
+  np.testing.assert_allclose(d[0], d[1], rtol=1e-6)  # block 0
+  np.testing.assert_allclose(d[2], d[3], rtol=1e-6)  # block 1
+  np.testing.assert_allclose(d[4], d[5], rtol=1e-6)  # block 2
+  assert np.abs(d[0] - d[2]).max() > 1e-3 and np.abs(d[2] - d[4]).max() > 1e-3
+  # noise_block=0: the reference's single draw shared by every image (kept as an option)
+  d0 = _weight_draws(model, 0)
+  np.testing.assert_allclose(d0, np.broadcast_to(d0[:1], d0.shape), rtol=1e-6)
+  # blocks of 1: every image its own draw
+  d1 = _weight_draws(model, 1)
+  assert len({tuple(np.round(r, 5)) for r in d1}) == len(d1)
+  assert smoothing.noise_blocks(np.arange(5), 2).tolist() == [0, 0, 1, 1, 2]
+  assert smoothing.noise_blocks(np.arange(3), 0).tolist() == [0, 0, 0]
+  with pytest.raises(ValueError, match="noise_block"):
+    smoothing.sample_votes(0, model, _images(2), sigma=0.1, num_samples=1, noise_block=-1)
 
 
 def test_indices_select_the_noise_of_a_subset():
@@ -186,7 +241,8 @@ def test_probs_and_logits_fns_match_sampling():
   x = _images(5)
   key = jax.random.key(2)
   probs = jax.jit(smoothing.make_smoothed_probs_fn(model, sigma=0.4, num_samples=6))(x, key)
-  counts = smoothing.sample_counts(key, model, x, sigma=0.4, num_samples=6)
+  # the attacks' functions draw the model noise once per call (per craft batch): noise_block=0
+  counts = smoothing.sample_counts(key, model, x, sigma=0.4, num_samples=6, noise_block=0)
   np.testing.assert_allclose(np.asarray(probs), counts / 6, atol=1e-6)
   logits_fn = smoothing.make_logits_fn(model, sigma=0.4)
   graphdef, state = nnx.split(model)

@@ -1,5 +1,7 @@
 """Training objectives, optimizer, schedules and the data-parallel train step."""
 
+import json
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -330,6 +332,9 @@ def test_train_and_evaluate_fast_at_end_to_end(tmp_path):
   assert worst.best_value == pytest.approx(-min(r["accuracy"] for r in val))
   cfg_json = (wd / "config.json").read_text()
   assert '"best_metric": "pgd_accuracy"' in cfg_json
+  prov = json.loads((wd / "provenance.json").read_text())  # one entry per start
+  assert len(prov) >= 1 and prov[-1]["packages"]["jax"] == jax.__version__
+  assert prov[-1]["argv"] and "smoothjax" in prov[-1]
   _, _, meta = ck.restore(model_state_target=nnx.to_pure_dict(
       nnx.state(TinyNoisyCNN(noise="pni_w", input_sigma=0.02, width=16))),
                           train_state_target=None)

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--seed", type=_int, default=d["seed"], metavar="S")
   g.add_argument("--batch_size", type=_int, default=d["batch_size"], metavar="B",
                  help="images x samples per forward pass (default 256)")
+  g.add_argument("--noise_block", type=_int, default=d["noise_block"], metavar="N",
+                 help="images per weight/activation-noise draw: image i uses the draw of "
+                      "block i // N (default 256); 0: one draw shared by all images (the "
+                      "reference's granularity)")
   g = p.add_argument_group("certification (Cohen et al.)")
   g.add_argument("--certify", type=_bool, nargs="?", const=True, default=d["certify"],
                  help="run CERTIFY at every sigma > 0; radii are L2 in [0,1] pixel units")
@@ -192,7 +196,8 @@ def settings_from_args(args: argparse.Namespace):
       sigmas=evaluation.parse_float_list(args.sigma, name="sigma"),
       sigma_space=args.sigma_space, ns=evaluation.parse_int_list(args.n, name="n"),
       votes=tuple(v.strip() for v in _list(args.vote).split(",")), repeats=args.repeats,
-      seed=args.seed, batch_size=args.batch_size, certify=args.certify, n0=args.n0,
+      seed=args.seed, batch_size=args.batch_size, noise_block=args.noise_block,
+      certify=args.certify, n0=args.n0,
       certify_n=args.certify_n, alpha=evaluation.parse_float(args.alpha, name="alpha"),
       attack=args.attack, eps=evaluation.parse_float(args.eps, name="eps"), norm=args.norm,
       steps=args.steps,

@@ -221,6 +221,27 @@ def write_config(workdir: pathlib.Path, config: Any, *, resumed: bool) -> None:
       _log("warning: the config differs from the one this workdir was started with; "
            "continuing with the new one")
   atomic_write_text(config_path, json.dumps(cfg_json, indent=2, sort_keys=True))
+  write_provenance(workdir)
+
+
+def write_provenance(workdir: pathlib.Path) -> None:
+  """Appends this start's :func:`smoothjax.provenance.provenance` to ``provenance.json``.
+
+  The file is a JSON list, one entry per start of the run (a resume adds one), so that a
+  checkpoint can be traced to every code version and command that trained it.
+  """
+  from smoothjax import provenance as provenance_lib  # pylint: disable=import-outside-toplevel
+  path = workdir / "provenance.json"
+  runs = []
+  if path.exists():
+    try:
+      runs = json.loads(path.read_text())
+    except json.JSONDecodeError:
+      runs = []
+    if not isinstance(runs, list):
+      runs = [runs]
+  runs.append(provenance_lib.provenance())
+  atomic_write_text(path, json.dumps(runs, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
