@@ -198,3 +198,40 @@ def test_siam_resnet20_clean_accuracy(siam_resnet20, lossless_npz, tmp_path):
   recs = json.loads((wd / "results.json").read_text())
   hard = [x for x in recs if x["vote"] == "hard"][0]
   assert hard["num_images"] == 500 and hard["accuracy"] >= 0.90, hard
+
+
+def test_apgd_presets_fixed_noise_and_final_draws_settings():
+  base = dict(checkpoint="c", workdir="w")
+  s = evaluation.validate(evaluation.EvalSettings(attack="apgd_ce", **base))
+  assert (s.apgd_preset, s.steps, s.attack_samples, s.restarts) == ("cpu", 20, 4, 1)
+  s = evaluation.validate(evaluation.EvalSettings(attack="autoattack_rand", apgd_preset="rand",
+                                                  **base))
+  assert (s.steps, s.attack_samples) == (100, 20)
+  s = evaluation.validate(evaluation.EvalSettings(attack="apgd_dlr", apgd_preset="rand",
+                                                  steps=5, **base))
+  assert (s.steps, s.attack_samples) == (5, 20)  # given flags win over the preset
+  assert evaluation.validate(evaluation.EvalSettings(attack="smoothadv", **base)).fixed_noise
+  assert not evaluation.validate(evaluation.EvalSettings(attack="pgd_s", **base)).fixed_noise
+  for bad, word in ((dict(attack="pgd", fixed_noise=True), "fixed_noise"),
+                    (dict(attack="apgd_ce", apgd_preset="huge"), "apgd_preset"),
+                    (dict(attack="pgd", final_draws=0), "final_draws")):
+    with pytest.raises(evaluation.EvaluationError, match=word):
+      evaluation.validate(evaluation.EvalSettings(**bad, **base))
+
+
+def test_apgd_ce_attack_with_final_draws(tiny, tmp_path):
+  wd = tmp_path / "wd"
+  rc = cli.main([f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--sigma=1/4",
+                 "--n=1,4", "--vote=hard", "--attack=apgd_ce", "--steps=2",
+                 "--attack_samples=1", "--final_draws=3", "--progress=false",
+                 f"--workdir={wd}"])
+  assert rc == 0
+  recs = json.loads((wd / "results.json").read_text())
+  adv = [r for r in recs if r["attack"] == "apgd_ce"]
+  assert len(adv) == 2
+  for r in adv:
+    assert set(FIELDS) <= set(r)
+    assert (r["apgd_preset"], r["steps"], r["attack_samples"], r["eot_samples"],
+            r["restarts"], r["final_draws"]) == ("cpu", 2, 1, 1, 1, 3)
+    assert 0 <= r["accuracy_all_draws"] <= r["accuracy"] <= 1
+    assert r["accuracy_all_draws"] * 6 == round(r["accuracy_all_draws"] * 6)
