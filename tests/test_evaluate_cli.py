@@ -235,3 +235,44 @@ def test_apgd_ce_attack_with_final_draws(tiny, tmp_path):
             r["restarts"], r["final_draws"]) == ("cpu", 2, 1, 1, 1, 3)
     assert 0 <= r["accuracy_all_draws"] <= r["accuracy"] <= 1
     assert r["accuracy_all_draws"] * 6 == round(r["accuracy_all_draws"] * 6)
+
+
+def test_final_draws_hand_checked():
+  # 3 images, labels 0, 1, 2; draw A right on all, draw B wrong on image 1.
+  a = smoothing.VoteCounts({"hard": np.eye(3, dtype=np.int32)[None]}, (1,))
+  b = smoothing.VoteCounts({"hard": np.eye(3, dtype=np.int32)[[0, 2, 2]][None]}, (1,))
+  y = np.array([0, 1, 2])
+  got = evaluation._draws_summary([a, b], y)["hard"]
+  assert got["accuracy"] == [pytest.approx(5 / 6)]  # the mean of 1 and 2/3
+  assert got["accuracy_all_draws"] == [pytest.approx(2 / 3)]
+  one = evaluation._draws_summary([b], y)["hard"]
+  assert one["accuracy"] == one["accuracy_all_draws"] == [pytest.approx(2 / 3)]
+
+
+def test_final_draws_on_a_noisy_model(tiny, tmp_path, monkeypatch):
+  """R independent evaluations with the documented keys: accuracy is their mean,
+  accuracy_all_draws the fraction right in all R (<= the mean, equal at R = 1)."""
+  stub = types.SimpleNamespace(craft=lambda name, fn, x, y, **kw: np.array(x, np.float32))
+  monkeypatch.setattr(evaluation, "attacks", stub)
+  common = dict(checkpoint=tiny["ckpt"], dataset=tiny["data"], sigmas=(0.5,), ns=(1, 3),
+                votes=("hard",), attack="pgd", progress=False)
+  out = {}
+  for r in (1, 4):
+    recs = evaluation.run(evaluation.EvalSettings(final_draws=r, workdir=str(tmp_path / f"r{r}"),
+                                                  **common), log=lambda m: None)
+    out[r] = [x for x in recs if x["attack"] == "pgd"]
+  for rec in out[1]:
+    assert rec["accuracy_all_draws"] == rec["accuracy"] and rec["final_draws"] == 1
+  x = tiny["x"].astype(np.float32) / 255
+  rep = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+  keys = [jax.random.fold_in(rep, 2)] + [jax.random.fold_in(jax.random.fold_in(rep, 4), j)
+                                         for j in (1, 2, 3)]
+  correct = np.stack([smoothing.sample_votes(
+      k, tiny["model"], x, sigma=0.5, prefixes=(1, 3), votes=("hard",),
+      indices=np.arange(6, dtype=np.int32)).predictions("hard") == tiny["y"][None]
+      for k in keys])
+  assert 0 < correct.mean() < 1  # noisy: the draws disagree somewhere
+  for k, rec in enumerate(out[4]):
+    assert rec["accuracy"] == pytest.approx(correct[:, k].mean())
+    assert rec["accuracy_all_draws"] == pytest.approx(correct[:, k].all(0).mean())
+    assert rec["accuracy_all_draws"] <= rec["accuracy"]
