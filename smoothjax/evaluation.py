@@ -582,7 +582,8 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
     def accuracy_fn(xa):
       v = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, np.asarray(xa),
                                  sigma=sigma, sigma_space=s.sigma_space, prefixes=(n_max,),
-                                 votes=(first,), batch_size=s.batch_size, indices=idx)
+                                 votes=(first,), batch_size=s.batch_size, indices=idx,
+                                 hard_ranks=False)
       return float(v.accuracy(first, p.y)[0])
 
     extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,

@@ -239,13 +239,13 @@ def test_apgd_ce_attack_with_final_draws(tiny, tmp_path):
 
 def test_final_draws_hand_checked():
   # 3 images, labels 0, 1, 2; draw A right on all, draw B wrong on image 1.
-  a = smoothing.VoteCounts({"hard": np.eye(3, dtype=np.int32)[None]}, (1,))
-  b = smoothing.VoteCounts({"hard": np.eye(3, dtype=np.int32)[[0, 2, 2]][None]}, (1,))
+  a = smoothing.VoteCounts({"soft": np.eye(3, dtype=np.float32)[None]}, (1,))
+  b = smoothing.VoteCounts({"soft": np.eye(3, dtype=np.float32)[[0, 2, 2]][None]}, (1,))
   y = np.array([0, 1, 2])
-  got = evaluation._draws_summary([a, b], y)["hard"]
+  got = evaluation._draws_summary([a, b], y)["soft"]
   assert got["accuracy"] == [pytest.approx(5 / 6)]  # the mean of 1 and 2/3
   assert got["accuracy_all_draws"] == [pytest.approx(2 / 3)]
-  one = evaluation._draws_summary([b], y)["hard"]
+  one = evaluation._draws_summary([b], y)["soft"]
   assert one["accuracy"] == one["accuracy_all_draws"] == [pytest.approx(2 / 3)]
 
 
