@@ -536,3 +536,17 @@ def test_craft_apgd_dispatch_and_autoattack_rand_is_the_worst_case():
   t = attacks.craft("transfer", None, x, y, key=key, source_logits_fn=noisy_fn,
                     transfer_attack="apgd_dlr", **kw)
   np.testing.assert_array_equal(t, attacks.craft("apgd_dlr", noisy_fn, x, y, key=key, **kw))
+
+
+def test_attack_vs_compute_smoothadv_uses_fixed_noise():
+  acc = lambda xa: _acc(xa, Y[:8])
+  rows = attacks.attack_vs_compute(noisy_fn, X[:8], Y[:8], key=KEY, eps=0.05, budgets=[(2, 2)],
+                                   attacks=("smoothadv", "pgd_s"), accuracy_fn=acc)
+  assert [r.get("fixed_noise") for r in rows] == [True, None]
+  seen = []
+  fake = lambda xa: seen.append(np.asarray(xa)) or 0.0
+  attacks.attack_vs_compute(noisy_fn, X[:8], Y[:8], key=KEY, eps=0.05, budgets=[(2, 2)],
+                            attacks=("smoothadv",), accuracy_fn=fake)
+  want = attacks.craft("smoothadv", noisy_fn, X[:8], Y[:8], key=jax.random.fold_in(KEY, 0),
+                       eps=0.05, steps=2, samples=2, fixed_noise=True)
+  np.testing.assert_array_equal(seen[0], want)

@@ -276,3 +276,20 @@ def test_final_draws_on_a_noisy_model(tiny, tmp_path, monkeypatch):
     assert rec["accuracy"] == pytest.approx(correct[:, k].mean())
     assert rec["accuracy_all_draws"] == pytest.approx(correct[:, k].all(0).mean())
     assert rec["accuracy_all_draws"] <= rec["accuracy"]
+
+
+def test_smoothadv_from_the_cli_uses_fixed_noise(tiny, tmp_path, monkeypatch):
+  calls = []
+
+  def craft(name, fn, x, y, **kw):
+    calls.append((name, kw.get("fixed_noise", False)))
+    return np.array(x, np.float32)
+
+  monkeypatch.setattr(evaluation, "attacks", types.SimpleNamespace(craft=craft))
+  for attack in ("smoothadv", "pgd_s"):
+    recs = evaluation.run(evaluation.EvalSettings(
+        checkpoint=tiny["ckpt"], dataset=tiny["data"], ns=(1,), votes=("soft",), attack=attack,
+        progress=False, workdir=str(tmp_path / attack)), log=lambda m: None)
+    adv = [r for r in recs if r["attack"] == attack]
+    assert adv and all(r.get("fixed_noise", False) == (attack == "smoothadv") for r in adv)
+  assert calls == [("smoothadv", True), ("pgd_s", False)]
