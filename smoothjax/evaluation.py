@@ -72,6 +72,7 @@ from smoothjax import provenance as provenance_lib
 from smoothjax import smoothing
 from smoothjax import stats
 from smoothjax._utils import atomic_write_text, first_line
+from smoothjax.attacks import PRESETS as APGD_PRESETS
 
 __all__ = [
     "EvaluationError",
@@ -92,7 +93,9 @@ __all__ = [
     "paired_difference",
 ]
 
-ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack")
+ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack",
+           "apgd_ce", "apgd_dlr", "autoattack_rand")
+_APGD_ATTACKS = ("apgd_ce", "apgd_dlr", "autoattack_rand")
 SPLITS = ("test", "train", "val", "train_full")
 NORMS = ("linf", "l2")
 CERTIFY_RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 2.0)
@@ -218,6 +221,15 @@ class EvalSettings:
     certify, n0, certify_n, alpha: Cohen et al.'s CERTIFY.
     attack, eps, norm, steps, step_size, attack_samples, restarts, source_checkpoint,
       nattack_population, nattack_iterations, sanity_checks: the attack (``smoothjax.attacks``).
+    apgd_preset: the budget of the APGD attacks (``smoothjax.APGD_PRESETS``: ``cpu`` 20
+      steps x 4 EOT draws, ``standard`` 100 steps x 1 draw, ``rand`` AutoAttack's
+      ``version='rand'``, 100 steps, 1 restart, 20 draws); it sets ``steps`` and
+      ``attack_samples`` when they are not given.
+    fixed_noise: SmoothAdv's fixed noise draws across steps (Salman et al.); ``None``: on for
+      ``attack="smoothadv"`` (``pgd_s`` is the fresh-draw variant).
+    final_draws: R independent evaluations of the attacked images (independent keys);
+      ``accuracy`` is their mean and ``accuracy_all_draws`` the conservative score (an image
+      counts only if the smoothed classifier is right in all R).
     sanity_nattack: add the NAttack-vs-white-box comparison to the sanity checks (costly:
       population x iterations x n forward passes per image; always on for ``attack="nattack"``).
     workdir: output directory.
@@ -257,6 +269,9 @@ class EvalSettings:
   nattack_iterations: int = 100
   sanity_checks: bool = False
   sanity_nattack: bool = False
+  apgd_preset: str = "cpu"
+  fixed_noise: bool | None = None
+  final_draws: int = 1
   workdir: str = "runs/evaluate"
   progress: bool = True
 
@@ -301,7 +316,7 @@ def validate(s: EvalSettings) -> EvalSettings:
     raise EvaluationError(f"vote: {s.votes!r} must list distinct votes")
   s.votes = tuple(votes)
   for name in ("repeats", "batch_size", "n0", "certify_n", "restarts", "nattack_population",
-               "nattack_iterations"):
+               "nattack_iterations", "final_draws"):
     v = getattr(s, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise EvaluationError(f"{name}: must be a positive integer, got {v!r}")
@@ -333,6 +348,21 @@ def validate(s: EvalSettings) -> EvalSettings:
     s.step_size = parse_float(s.step_size, name="step_size")
     if s.step_size <= 0:
       raise EvaluationError(f"step_size: must be > 0, got {s.step_size:g}")
+  if s.apgd_preset not in APGD_PRESETS:
+    raise EvaluationError(f"apgd_preset: {s.apgd_preset!r} must be one of "
+                          f"{', '.join(APGD_PRESETS)}")
+  if s.attack in _APGD_ATTACKS:
+    preset = APGD_PRESETS[s.apgd_preset]
+    if s.steps is None:
+      s.steps = preset["steps"]
+    if s.attack_samples is None:
+      s.attack_samples = preset["eot_samples"]
+  if s.fixed_noise is None:
+    s.fixed_noise = s.attack == "smoothadv"
+  if not isinstance(s.fixed_noise, bool):
+    raise EvaluationError(f"fixed_noise: must be true or false, got {s.fixed_noise!r}")
+  if s.fixed_noise and s.attack != "smoothadv":
+    raise EvaluationError("fixed_noise: only --attack=smoothadv keeps its noise draws fixed")
   if s.steps is None:
     s.steps = 1 if s.attack == "fgsm" else 7
   if not isinstance(s.steps, int) or s.steps < 1:
@@ -365,7 +395,13 @@ def _attack_columns(s: EvalSettings) -> dict:
     steps, samples = 1, s.attack_samples
   else:
     steps, samples = s.steps, s.attack_samples
-  return {"attack": s.attack, "eps": s.eps, "steps": steps, "attack_samples": samples}
+  cols = {"attack": s.attack, "eps": s.eps, "steps": steps, "attack_samples": samples,
+          "restarts": s.restarts, "final_draws": s.final_draws}
+  if s.attack in _APGD_ATTACKS:
+    cols.update(apgd_preset=s.apgd_preset, eot_samples=samples)
+  if s.attack == "smoothadv":
+    cols["fixed_noise"] = s.fixed_noise
+  return cols
 
 
 # ----------------------------------------------------------------------------- prepared state
@@ -442,6 +478,9 @@ def _fingerprint(p: Prepared) -> str:
       "noise_block": s.noise_block,
       "attack": [s.attack, s.eps, s.norm, s.steps, s.step_size, s.attack_samples, s.restarts,
                  s.source_checkpoint, s.nattack_population, s.nattack_iterations]
+      + ([s.apgd_preset] if s.attack in _APGD_ATTACKS else [])
+      + ([s.fixed_noise] if s.attack == "smoothadv" else [])
+      + ([s.final_draws] if s.final_draws != 1 else [])
       if s.attack != "none" else "none",
       "sanity_checks": [s.sanity_checks, s.sanity_nattack],
   }
@@ -506,6 +545,23 @@ def _vote_summary(votes: smoothing.VoteCounts, y: np.ndarray) -> dict:
   return out
 
 
+def _draws_summary(draws: Sequence[smoothing.VoteCounts], y: np.ndarray) -> dict:
+  """Scores of R independent evaluations of the same (attacked) images.
+
+  ``accuracy`` and ``top5`` are the means over the draws; ``accuracy_all_draws`` counts an
+  image as correct only if the smoothed prediction is right in every draw (a conservative
+  score for randomized defenses: one lucky draw does not make an image robust).
+  """
+  y = np.asarray(y)
+  out = {}
+  for name in draws[0]:
+    correct = np.stack([d.predictions(name) == y[None] for d in draws])  # (R, prefixes, N)
+    out[name] = {"accuracy": correct.mean((0, 2)).tolist(),
+                 "top5": np.mean([d.top5(name, y) for d in draws], 0).tolist(),
+                 "accuracy_all_draws": correct.all(0).mean(-1).tolist()}
+  return out
+
+
 def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -> dict:
   s = p.settings
   root = jax.random.key(s.seed)
@@ -516,11 +572,14 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   common = dict(sigma=sigma, sigma_space=s.sigma_space, prefixes=s.ns, votes=s.votes,
                 batch_size=s.batch_size, indices=idx, noise_block=s.noise_block)
 
-  def votes(key_index, images, label):
+  def votes(key_index, images, label, draw=0):
     bar = _Progress(s.progress, len(images), n_max, f"σ={sigma:g} r{r} {label}")
+    # Draw 0 of the attacked images uses fold_in(rep, 2); the extra final draws j >= 1 use
+    # fold_in(fold_in(rep, 4), j), independent of it and of each other.
+    k = (jax.random.fold_in(rep, key_index) if draw == 0
+         else jax.random.fold_in(jax.random.fold_in(rep, 4), draw))
     try:
-      return smoothing.sample_votes(jax.random.fold_in(rep, key_index), p.model, images,
-                                    progress=bar.callback, **common)
+      return smoothing.sample_votes(k, p.model, images, progress=bar.callback, **common)
     finally:
       bar.close()
 
@@ -537,16 +596,18 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   probs_fn = smoothing.make_smoothed_probs_fn(
       p.model, sigma=sigma, sigma_space=s.sigma_space, num_samples=_nattack_samples(s.ns))
   log(f"crafting {s.attack} examples (σ={sigma:g}, repeat {r}) on {len(x)} images")
+  extra_kw = {"fixed_noise": True} if s.fixed_noise else {}
   x_adv = attacks.craft(
       s.attack, logits_fn, x, p.y, key=jax.random.fold_in(rep, 1), eps=s.eps, norm=s.norm,
       steps=s.steps, step_size=s.step_size, samples=s.attack_samples, restarts=s.restarts,
       source_logits_fn=source_fn, smoothed_probs_fn=probs_fn, population=s.nattack_population,
-      iterations=s.nattack_iterations, batch_size=s.batch_size)
+      iterations=s.nattack_iterations, batch_size=s.batch_size, **extra_kw)
   x_adv = np.asarray(x_adv, np.float32)
   out["seconds"]["craft"] = time.time() - t0
   t0 = time.time()
-  adv = votes(2, x_adv, s.attack)
-  out["adv"] = _vote_summary(adv, p.y)
+  draws = [votes(2, x_adv, s.attack if j == 0 else f"{s.attack} draw {j + 1}", draw=j)
+           for j in range(s.final_draws)]
+  out["adv"] = _draws_summary(draws, p.y)
   out["seconds"]["adv"] = time.time() - t0
   if s.sanity_checks and r == 0:
     first = s.votes[0]
@@ -555,7 +616,7 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
       v = smoothing.sample_votes(jax.random.fold_in(rep, 2), p.model, np.asarray(xa),
                                  sigma=sigma, sigma_space=s.sigma_space, prefixes=(n_max,),
                                  votes=(first,), batch_size=s.batch_size, indices=idx,
-                                 noise_block=s.noise_block)
+                                 noise_block=s.noise_block, hard_ranks=False)
       return float(v.accuracy(first, p.y)[0])
 
     extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,
@@ -674,6 +735,8 @@ def _records(p: Prepared, points: dict, certs: dict, prov: dict | None = None) -
                  "dataset": s.dataset, "split": s.split}
           if kind == "adv":
             rec["norm"] = s.norm
+            rec["accuracy_all_draws"], _ = _mean_std(
+                [rp[vote].get("accuracy_all_draws", rp[vote]["accuracy"])[k] for rp in reps])
           recs.append(rec)
   cert_blocks = ci_blocks(p, "clean")
   for sigma in sorted(certs):

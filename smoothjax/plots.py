@@ -135,13 +135,17 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
 
   One line per attack and number of samples m (k varies along it; PGD has m = 1), one colour
   per line; rows with a ``"label"`` (e.g. ``"n=1"``, ``"n=64"``: the smoothing the examples
-  were scored with) get one line style per label.
+  were scored with) get one line style per label. SmoothAdv lines say whether its noise draws
+  were fixed across steps (``"fixed_noise"``; rows without it: fresh draws, i.e. PGD-s).
   """
   plt = _pyplot()
 
   curves: dict[tuple, list[dict]] = {}
   for r in rows:
-    curves.setdefault((r["attack"], r["samples"], r.get("label") or ""), []).append(r)
+    attack = r["attack"]
+    if attack == "smoothadv":  # fixed draws (Salman et al.) or fresh ones (= pgd_s)
+      attack += " fixed noise" if r.get("fixed_noise", False) else " fresh noise"
+    curves.setdefault((attack, r["samples"], r.get("label") or ""), []).append(r)
   series = sorted({(a, m) for a, m, _ in curves}, key=lambda am: (am[0] != "pgd", am))
   labels = sorted({lbl for _, _, lbl in curves},
                   key=lambda s: (len(s), s))  # "n=1" before "n=64"

@@ -40,6 +40,14 @@ Sampling semantics (fixed, so that results never depend on chunking or device co
   ``jax.make_array_from_process_local_data``, and every process gets the full counts, equal to
   a one-process run (``smoothjax.evaluation`` writes its files from process 0 only).
 
+Top-5: for the float votes, the 5 classes with the largest vote sums. For ``hard`` the
+reference implementation's ``monte_carlo_predict`` rule: every sample votes with its own top-5
+ranking, one histogram per rank (an integer accumulator of width ``5 C`` per image and prefix,
+``VoteCounts.rank_counts``), and the smoothed top-5 is picked rank by rank
+(:func:`hard_topk_from_ranks`); at ``n = 1`` it is the base model's top-5. (Ranking classes
+by their argmax counts instead puts classes without a vote in class-id order, so an image whose
+label got no vote would count as top-5 correct whenever its label is a low id.)
+
 Votes (Nemcovsky et al. 2019): ``hard`` (majority of argmaxes, ties -> lowest class id), ``soft``
 (mean softmax, the paper's eq. 13), ``soft_logits`` (mean logits, the reference implementation),
 ``weighted`` (rank weights ``w(r) = 2^-r``), ``weighted_topK`` (``w(r) = 1[r < K]``), or any
@@ -74,6 +82,8 @@ from flax import nnx
 
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
+from smoothjax._topk import (hard_topk_from_ranks, rank_contributions, rank_histograms,
+                             topk_correct_from_ranks)
 from smoothjax._utils import as_key as _as_key
 from smoothjax._utils import pad_rows
 
@@ -101,6 +111,11 @@ __all__ = [
     "sample_counts",
     "vote_predictions",
     "topk_correct",
+    "TOPK_RANKS",
+    "rank_contributions",
+    "rank_histograms",
+    "hard_topk_from_ranks",
+    "topk_correct_from_ranks",
     "NoisyLogits",
     "SmoothedProbs",
     "make_logits_fn",
@@ -111,6 +126,7 @@ AXIS = "samples"
 DEFAULT_NOISE_BLOCK = 256  # images per weight / activation-noise draw (see the module docstring)
 VOTE_NAMES = ("hard", "soft", "soft_logits", "weighted")
 DEFAULT_VOTES = VOTE_NAMES
+TOPK_RANKS = 5  # ranks of the hard vote's per-rank histograms (its top-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,11 +244,17 @@ class VoteCounts(dict):
 
   ``self[name][k]`` sums the contributions of samples ``0 .. prefixes[k] - 1``. Hard votes are
   int32 counts; the others float32 sums (divide by ``n`` for means: the argmax is the same).
+  ``rank_counts["hard"]`` (when :func:`sample_votes` counted it) holds the hard vote's per-rank
+  histograms ``(len(prefixes), num_images, min(5, C), C)``: how many of the first ``n``
+  samples ranked class ``c`` at rank ``r`` (``rank_counts["hard"][..., 0, :]`` is
+  ``self["hard"]``); the hard vote's :meth:`top5` is picked from them rank by rank.
   """
 
-  def __init__(self, votes: Mapping[str, np.ndarray], prefixes: Sequence[int]):
+  def __init__(self, votes: Mapping[str, np.ndarray], prefixes: Sequence[int],
+               rank_counts: Mapping[str, np.ndarray] | None = None):
     super().__init__(votes)
     self.prefixes = tuple(int(p) for p in prefixes)
+    self.rank_counts = dict(rank_counts or {})
 
   def predictions(self, vote: str) -> np.ndarray:
     """Smoothed predictions ``(len(prefixes), num_images)`` (ties -> lowest class id)."""
@@ -243,7 +265,20 @@ class VoteCounts(dict):
     return (self.predictions(vote) == np.asarray(labels)[None]).mean(-1)
 
   def top5(self, vote: str, labels) -> np.ndarray:
-    """Top-5 accuracy per prefix (from the same votes)."""
+    """Top-5 accuracy per prefix.
+
+    Float votes: the 5 classes with the largest sums. The hard vote: the rank-by-rank top-5 of
+    its per-rank histograms (:func:`hard_topk_from_ranks`), which needs ``rank_counts``.
+
+    Raises:
+      ValueError: the hard vote without its per-rank histograms.
+    """
+    if vote in self.rank_counts:
+      return np.asarray(topk_correct_from_ranks(
+          jnp.asarray(self.rank_counts[vote]), jnp.asarray(labels), k=None)).mean(-1)
+    if np.issubdtype(np.asarray(self[vote]).dtype, np.integer) and vote == "hard":
+      raise ValueError("the hard vote's top-5 needs its per-rank histograms (rank_counts; "
+                       "sample_votes(..., hard_ranks=True) counts them)")
     return topk_correct(self[vote], labels, k=5).mean(-1)
 
 
@@ -254,6 +289,9 @@ def vote_predictions(votes) -> np.ndarray:
 
 def topk_correct(votes, labels, *, k: int = 5) -> np.ndarray:
   """Whether the label is among the ``k`` classes with the most votes (ties -> lower class id).
+
+  For float vote sums. The hard vote's top-k is :func:`topk_correct_from_ranks` of its per-rank
+  histograms (argmax counts give classes without a vote a class-id order).
 
   Args:
     votes: ``(..., N, C)`` accumulated votes.
@@ -530,7 +568,8 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
                  steps_per_call: int = 4, unroll: int | bool = 1,
                  model_noise: bool | None = None,
                  noise_block: int = DEFAULT_NOISE_BLOCK,
-                 progress: Callable[[int], Any] | None = None) -> VoteCounts:
+                 progress: Callable[[int], Any] | None = None,
+                 hard_ranks: bool = True) -> VoteCounts:
   """Monte-Carlo votes of a smoothed classifier, for every prefix ``n`` in one pass.
 
   Args:
@@ -562,6 +601,9 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
       granularity; correlates the images' results, which inflates the spread over repeats at
       small ``n``). Irrelevant without model noise.
     progress: called with the number of image-samples done after each call.
+    hard_ranks: with the ``hard`` vote, also count its per-rank histograms
+      (``VoteCounts.rank_counts["hard"]``, ``min(5, C)`` times the counts' memory) for its
+      top-5; the counts are the same either way.
 
   Returns:
     :class:`VoteCounts`: ``{vote: (len(prefixes), N, num_classes)}`` numpy arrays.
@@ -574,6 +616,15 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   cfg = graphdef_config(graphdef, state)
   sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
   prefixes, n_max, vote_objs = _check_plan(num_samples, prefixes, votes)
+  ranks_k = min(TOPK_RANKS, cfg.num_classes) if hard_ranks else 0
+  if ranks_k:
+    # The hard vote accumulated as per-rank histograms, flattened to width k * C: rank 0's
+    # histogram is the hard counts (the same first-maximum tie rule).
+    vote_objs = tuple(_hard_ranks_vote(ranks_k) if v is hard_vote else v for v in vote_objs)
+  ranked = ranks_k and any(v is _hard_ranks_vote(ranks_k) for v in vote_objs)
+  ranks_k = ranks_k if ranked else 0
+  widths = {v.name: (ranks_k if ranks_k and v is _hard_ranks_vote(ranks_k) else 1)
+            for v in vote_objs}
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if model_noise is None:
@@ -591,10 +642,10 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     raise ValueError(f"indices must have shape ({num},), got {indices.shape}")
   c = cfg.num_classes
   pref = np.asarray(prefixes, np.int32)
-  out = {v.name: np.zeros((len(pref), num, c), np.int32 if v.integer else np.float32)
-         for v in vote_objs}
+  out = {v.name: np.zeros((len(pref), num, widths[v.name] * c),
+                          np.int32 if v.integer else np.float32) for v in vote_objs}
   if num == 0:
-    return VoteCounts(out, prefixes)
+    return _vote_counts(out, prefixes, ranks_k, c)
 
   chunk = min(num, batch_size)
   deterministic = (sigma == 0) and not model_noise
@@ -608,7 +659,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
         out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
       if progress is not None:
         progress((hi - lo) * n_max)
-    return VoteCounts(out, prefixes)
+    return _vote_counts(out, prefixes, ranks_k, c)
 
   blocked = bool(model_noise) and noise_block > 0
   blocks = noise_blocks(indices, noise_block) if blocked else None
@@ -639,7 +690,7 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     xb = _put(mesh, pad_rows(np.asarray(x[sel], np.float32), chunk))
     ib = _put(mesh, pad_rows(indices[sel], chunk))
     bd = _put(mesh, np.int32(block))
-    acc = tuple(_zeros(mesh, (n_dev, len(pref), chunk, c),
+    acc = tuple(_zeros(mesh, (n_dev, len(pref), chunk, widths[v.name] * c),
                        np.int32 if v.integer else np.float32)() for v in vote_objs)
     for start in range(0, n_max, per_call):
       acc = run(state_d, xb, ib, key_d, sigma_d, _put(mesh, np.int32(start)), pref_d, bd, acc)
@@ -649,7 +700,27 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
     res = reduce(acc)
     for v, r in zip(vote_objs, res):
       out[v.name][:, sel] = _fetch(r)[:, :m]
-  return VoteCounts(out, prefixes)
+  return _vote_counts(out, prefixes, ranks_k, c)
+
+
+@functools.lru_cache(maxsize=8)
+def _hard_ranks_vote(k: int) -> Vote:
+  """The hard vote as per-rank one-hot rows, flattened: ``(..., C) -> (..., k * C)``."""
+
+  def fn(logits):
+    r = rank_contributions(logits, k=k)
+    return r.reshape(r.shape[:-2] + (k * logits.shape[-1],))
+
+  return Vote("hard", fn, integer=True)
+
+
+def _vote_counts(out: dict, prefixes, ranks_k: int, c: int) -> VoteCounts:
+  rank_counts = {}
+  if ranks_k and "hard" in out:
+    r = out["hard"].reshape(out["hard"].shape[:-1] + (ranks_k, c))
+    rank_counts["hard"] = r
+    out = dict(out, hard=np.ascontiguousarray(r[..., 0, :]))
+  return VoteCounts(out, prefixes, rank_counts)
 
 
 def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
@@ -662,7 +733,7 @@ def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
   """
   votes = sample_votes(key, model, x, sigma=sigma, sigma_space=sigma_space,
                        num_samples=num_samples, votes=("hard",), batch_size=batch_size,
-                       indices=indices, mesh=mesh, progress=progress, **kw)
+                       indices=indices, mesh=mesh, progress=progress, hard_ranks=False, **kw)
   return votes["hard"][0]
 
 

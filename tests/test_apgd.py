@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smoothjax import apgd
 from smoothjax import attacks
 from smoothjax import checkpoints
+from smoothjax.attacks import _apgd as apgd
 
 HW, C = 4, 5
 D = HW * HW * 3

@@ -505,3 +505,48 @@ def test_fgsm_is_weaker_than_pgd_on_a_real_model(siam_resnet20, lossless_npz):
   a_pgd = acc(attacks.pgd(fn, x, y, key=KEY, eps=eps, steps=5, step_size=eps / 4))
   assert acc(x) > 0.85
   assert a_pgd < a_fgsm < acc(x)
+
+
+def test_craft_apgd_dispatch_and_autoattack_rand_is_the_worst_case():
+  """apgd_ce / apgd_dlr are apgd(loss=...) per batch; autoattack_rand (judged by the smoothed
+  scorer) is at most as accurate as either with the same keys, also as a transfer attack."""
+  x, y = X[:24], Y[:24]
+  key, eps = jax.random.key(5), 0.08
+  kw = dict(eps=eps, steps=3, samples=2, batch_size=24)
+  probs = attacks.smoothed_probs_fn(noisy_fn, num_samples=4)
+  kb = jax.random.fold_in(key, 0)  # one batch
+  x_ce = attacks.craft("apgd_ce", noisy_fn, x, y, key=key, **kw)
+  np.testing.assert_array_equal(x_ce, np.asarray(attacks.apgd(
+      noisy_fn, x, y, key=kb, eps=eps, steps=3, eot_samples=2, loss="ce")))
+  # autoattack_rand runs APGD-CE with fold_in(kb, 0) and APGD-DLR with fold_in(kb, 1)
+  x_ce = np.asarray(attacks.apgd(noisy_fn, x, y, key=jax.random.fold_in(kb, 0), eps=eps,
+                                 steps=3, eot_samples=2, loss="ce"))
+  x_dlr = np.asarray(attacks.apgd(noisy_fn, x, y, key=jax.random.fold_in(kb, 1), eps=eps,
+                                  steps=3, eot_samples=2, loss="dlr"))
+  x_aa = attacks.craft("autoattack_rand", noisy_fn, x, y, key=key, smoothed_probs_fn=probs,
+                       **kw)
+  assert _linf(x_aa, x) <= eps + 1e-6
+  k_score = jax.random.fold_in(kb, 2)  # the key autoattack_rand scores both examples with
+
+  def acc(xa):
+    return float(np.mean(np.argmax(np.asarray(probs(jnp.asarray(xa), k_score)), -1) == y))
+
+  assert acc(x_aa) <= min(acc(x_ce), acc(x_dlr))
+  assert acc(x_aa) < acc(x)
+  t = attacks.craft("transfer", None, x, y, key=key, source_logits_fn=noisy_fn,
+                    transfer_attack="apgd_dlr", **kw)
+  np.testing.assert_array_equal(t, attacks.craft("apgd_dlr", noisy_fn, x, y, key=key, **kw))
+
+
+def test_attack_vs_compute_smoothadv_uses_fixed_noise():
+  acc = lambda xa: _acc(xa, Y[:8])
+  rows = attacks.attack_vs_compute(noisy_fn, X[:8], Y[:8], key=KEY, eps=0.05, budgets=[(2, 2)],
+                                   attacks=("smoothadv", "pgd_s"), accuracy_fn=acc)
+  assert [r.get("fixed_noise") for r in rows] == [True, None]
+  seen = []
+  fake = lambda xa: seen.append(np.asarray(xa)) or 0.0
+  attacks.attack_vs_compute(noisy_fn, X[:8], Y[:8], key=KEY, eps=0.05, budgets=[(2, 2)],
+                            attacks=("smoothadv",), accuracy_fn=fake)
+  want = attacks.craft("smoothadv", noisy_fn, X[:8], Y[:8], key=jax.random.fold_in(KEY, 0),
+                       eps=0.05, steps=2, samples=2, fixed_noise=True)
+  np.testing.assert_array_equal(seen[0], want)

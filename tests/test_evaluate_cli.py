@@ -265,3 +265,98 @@ def test_weight_noise_evaluation_blocks_intervals_and_chunking(tmp_path):
   # one shared draw (the reference's granularity): a single block, so the repeats fallback
   c = records("c", noise_block=0)
   assert all(r["accuracy_ci_method"] == "repeats" and r["noise_block"] == 0 for r in c)
+
+
+def test_apgd_presets_fixed_noise_and_final_draws_settings():
+  base = dict(checkpoint="c", workdir="w")
+  s = evaluation.validate(evaluation.EvalSettings(attack="apgd_ce", **base))
+  assert (s.apgd_preset, s.steps, s.attack_samples, s.restarts) == ("cpu", 20, 4, 1)
+  s = evaluation.validate(evaluation.EvalSettings(attack="autoattack_rand", apgd_preset="rand",
+                                                  **base))
+  assert (s.steps, s.attack_samples) == (100, 20)
+  s = evaluation.validate(evaluation.EvalSettings(attack="apgd_dlr", apgd_preset="rand",
+                                                  steps=5, **base))
+  assert (s.steps, s.attack_samples) == (5, 20)  # given flags win over the preset
+  assert evaluation.validate(evaluation.EvalSettings(attack="smoothadv", **base)).fixed_noise
+  assert not evaluation.validate(evaluation.EvalSettings(attack="pgd_s", **base)).fixed_noise
+  for bad, word in ((dict(attack="pgd", fixed_noise=True), "fixed_noise"),
+                    (dict(attack="apgd_ce", apgd_preset="huge"), "apgd_preset"),
+                    (dict(attack="pgd", final_draws=0), "final_draws")):
+    with pytest.raises(evaluation.EvaluationError, match=word):
+      evaluation.validate(evaluation.EvalSettings(**bad, **base))
+
+
+def test_apgd_ce_attack_with_final_draws(tiny, tmp_path):
+  wd = tmp_path / "wd"
+  rc = cli.main([f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--sigma=1/4",
+                 "--n=1,4", "--vote=hard", "--attack=apgd_ce", "--steps=2",
+                 "--attack_samples=1", "--final_draws=3", "--progress=false",
+                 f"--workdir={wd}"])
+  assert rc == 0
+  recs = json.loads((wd / "results.json").read_text())
+  adv = [r for r in recs if r["attack"] == "apgd_ce"]
+  assert len(adv) == 2
+  for r in adv:
+    assert set(FIELDS) <= set(r)
+    assert (r["apgd_preset"], r["steps"], r["attack_samples"], r["eot_samples"],
+            r["restarts"], r["final_draws"]) == ("cpu", 2, 1, 1, 1, 3)
+    assert 0 <= r["accuracy_all_draws"] <= r["accuracy"] <= 1
+    assert r["accuracy_all_draws"] * 6 == round(r["accuracy_all_draws"] * 6)
+
+
+def test_final_draws_hand_checked():
+  # 3 images, labels 0, 1, 2; draw A right on all, draw B wrong on image 1.
+  a = smoothing.VoteCounts({"soft": np.eye(3, dtype=np.float32)[None]}, (1,))
+  b = smoothing.VoteCounts({"soft": np.eye(3, dtype=np.float32)[[0, 2, 2]][None]}, (1,))
+  y = np.array([0, 1, 2])
+  got = evaluation._draws_summary([a, b], y)["soft"]
+  assert got["accuracy"] == [pytest.approx(5 / 6)]  # the mean of 1 and 2/3
+  assert got["accuracy_all_draws"] == [pytest.approx(2 / 3)]
+  one = evaluation._draws_summary([b], y)["soft"]
+  assert one["accuracy"] == one["accuracy_all_draws"] == [pytest.approx(2 / 3)]
+
+
+def test_final_draws_on_a_noisy_model(tiny, tmp_path, monkeypatch):
+  """R independent evaluations with the documented keys: accuracy is their mean,
+  accuracy_all_draws the fraction right in all R (<= the mean, equal at R = 1)."""
+  stub = types.SimpleNamespace(craft=lambda name, fn, x, y, **kw: np.array(x, np.float32))
+  monkeypatch.setattr(evaluation, "attacks", stub)
+  common = dict(checkpoint=tiny["ckpt"], dataset=tiny["data"], sigmas=(0.5,), ns=(1, 3),
+                votes=("hard",), attack="pgd", progress=False)
+  out = {}
+  for r in (1, 4):
+    recs = evaluation.run(evaluation.EvalSettings(final_draws=r, workdir=str(tmp_path / f"r{r}"),
+                                                  **common), log=lambda m: None)
+    out[r] = [x for x in recs if x["attack"] == "pgd"]
+  for rec in out[1]:
+    assert rec["accuracy_all_draws"] == rec["accuracy"] and rec["final_draws"] == 1
+  x = tiny["x"].astype(np.float32) / 255
+  rep = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+  keys = [jax.random.fold_in(rep, 2)] + [jax.random.fold_in(jax.random.fold_in(rep, 4), j)
+                                         for j in (1, 2, 3)]
+  correct = np.stack([smoothing.sample_votes(
+      k, tiny["model"], x, sigma=0.5, prefixes=(1, 3), votes=("hard",),
+      indices=np.arange(6, dtype=np.int32)).predictions("hard") == tiny["y"][None]
+      for k in keys])
+  assert 0 < correct.mean() < 1  # noisy: the draws disagree somewhere
+  for k, rec in enumerate(out[4]):
+    assert rec["accuracy"] == pytest.approx(correct[:, k].mean())
+    assert rec["accuracy_all_draws"] == pytest.approx(correct[:, k].all(0).mean())
+    assert rec["accuracy_all_draws"] <= rec["accuracy"]
+
+
+def test_smoothadv_from_the_cli_uses_fixed_noise(tiny, tmp_path, monkeypatch):
+  calls = []
+
+  def craft(name, fn, x, y, **kw):
+    calls.append((name, kw.get("fixed_noise", False)))
+    return np.array(x, np.float32)
+
+  monkeypatch.setattr(evaluation, "attacks", types.SimpleNamespace(craft=craft))
+  for attack in ("smoothadv", "pgd_s"):
+    recs = evaluation.run(evaluation.EvalSettings(
+        checkpoint=tiny["ckpt"], dataset=tiny["data"], ns=(1,), votes=("soft",), attack=attack,
+        progress=False, workdir=str(tmp_path / attack)), log=lambda m: None)
+    adv = [r for r in recs if r["attack"] == attack]
+    assert adv and all(r.get("fixed_noise", False) == (attack == "smoothadv") for r in adv)
+  assert calls == [("smoothadv", True), ("pgd_s", False)]

@@ -64,9 +64,67 @@ def test_user_weight_function_and_unknown_vote():
 def test_predictions_and_top5_tie_breaking():
   votes = np.array([[[0, 3, 3, 1, 0, 0, 2]]])  # (K=1, N=1, C=7)
   assert smoothing.vote_predictions(votes)[0, 0] == 1  # tie 1 vs 2 -> lowest id
-  # ranking: 1, 2, 6, 3, 0, 4, 5 -> top-5 contains 0 (tie with 4, 5 broken by id), not 4.
-  assert smoothing.topk_correct(votes, np.array([0]), k=5)[0, 0]
-  assert not smoothing.topk_correct(votes, np.array([4]), k=5)[0, 0]
+  # Float vote sums: ranking 1, 2, 6, 3, 0, 4, 5 (ties broken by class id).
+  soft = votes.astype(np.float32)
+  assert smoothing.topk_correct(soft, np.array([0]), k=5)[0, 0]
+  assert not smoothing.topk_correct(soft, np.array([4]), k=5)[0, 0]
+
+
+def test_hard_top5_is_rank_by_rank_and_ignores_unvoted_low_ids():
+  """The hard vote's top-5 comes from per-rank histograms, not from argmax counts: at n = 1 a
+  label that no sample voted for is not "top-5 correct" because its class id is low."""
+  # One sample of C = 10 ranking 7, 9, 8, 6, 5 first: labels 0..3 got no vote at any rank.
+  logits = jnp.asarray([[0.0, 0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 9.0, 7.0, 8.0]])
+  model = TinyLinear(num_classes=10)
+  counts = np.asarray(smoothing.hard_vote.fn(logits))[None]  # (P=1, N=1, C)
+  ranks = np.asarray(smoothing.rank_contributions(logits, k=5))[None]  # (P=1, N=1, 5, C)
+  v = smoothing.VoteCounts({"hard": counts}, (1,), {"hard": ranks})
+  np.testing.assert_array_equal(ranks[..., 0, :], counts)
+  for label, want in ((0, 0.0), (3, 0.0), (5, 1.0), (6, 1.0), (9, 1.0), (4, 0.0)):
+    assert v.top5("hard", np.array([label]))[0] == want, label
+  with pytest.raises(ValueError, match="per-rank"):
+    smoothing.VoteCounts({"hard": counts}, (1,)).top5("hard", np.array([0]))
+  # sample_votes counts the histograms; rank 0 is the hard counts; sample_counts skips them.
+  x = _images(5)
+  out = smoothing.sample_votes(0, model, x, sigma=0.3, prefixes=(1, 3), votes=("hard", "soft"))
+  r = out.rank_counts["hard"]
+  assert r.shape == (2, 5, 5, 10) and r.dtype == np.int32
+  np.testing.assert_array_equal(r[..., 0, :], out["hard"])
+  want = np.broadcast_to(np.array([1, 3])[:, None, None], (2, 5, 5))
+  np.testing.assert_array_equal(r.sum(-1), want)  # every sample fills every rank once
+  plain = smoothing.sample_votes(0, model, x, sigma=0.3, prefixes=(1, 3), votes=("hard",),
+                                 hard_ranks=False)
+  np.testing.assert_array_equal(plain["hard"], out["hard"])
+  assert plain.rank_counts == {}
+
+
+def test_hard_top5_equals_the_base_models_at_n1_on_resnet20(siam_resnet20, lossless_npz):
+  """Reference ResNet-20, sigma = 0.06 pixel, 200 images, n = 1: the hard vote's top-5 is the
+  base model's top-5 on the one noisy input (which the soft / weighted votes also give)."""
+  from smoothjax import checkpoints  # pylint: disable=import-outside-toplevel
+  data = np.load(lossless_npz)
+  x = data["x_test"][:200].astype(np.float32) / 255.0
+  y = data["y_test"][:200]
+  model, _ = checkpoints.load_model(siam_resnet20)
+  key = jax.random.key(11)
+  out = smoothing.sample_votes(key, model, x, sigma=0.06, prefixes=(1,),
+                               votes=("hard", "soft", "weighted"), batch_size=200)
+  graphdef, state = nnx.split(model)
+  base = np.asarray(smoothing.noisy_logits(graphdef, state, x, jax.random.fold_in(key, 0),
+                                           np.arange(200), 0.06))
+  base_top5 = np.argsort(-base, -1, kind="stable")[:, :5]
+  base_ok = np.any(base_top5 == y[:, None], -1)
+  assert 0.9 < base_ok.mean() < 1  # some labels outside the base top-5
+  assert out.top5("hard", y)[0] == pytest.approx(base_ok.mean())
+  for vote in ("soft", "weighted"):
+    assert out.top5(vote, y)[0] == pytest.approx(base_ok.mean())
+  np.testing.assert_array_equal(
+      np.asarray(smoothing.hard_topk_from_ranks(jnp.asarray(out.rank_counts["hard"][0]))),
+      base_top5)
+  # The old rule (the 5 classes with the most argmax counts) is the argmax plus the 4 lowest
+  # unvoted class ids at n = 1: right for low-id labels only, far from the base top-5.
+  old = smoothing.topk_correct(out["hard"], y, k=5)[0]
+  assert abs(old.mean() - base_ok.mean()) > 0.1
 
 
 # ------------------------------------------------------------------- prefix counts vs direct

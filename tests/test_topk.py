@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import smoothing, topk
+from smoothjax import _topk as topk
+from smoothjax import smoothing
 
 
 def _logits_from_rankings(rankings, num_classes):

@@ -28,6 +28,12 @@ White box:
   cross-entropy of the mean softmax over ``m`` fresh draws per step. It is the same loss as
   SmoothAdv's, so ``pgd_s(...)`` equals ``smoothadv(..., fixed_noise=False)`` by construction.
 
+Auto-PGD (Croce & Hein 2020; ``_apgd``): :func:`apgd` (APGD-CE / APGD-DLR with an EOT gradient
+over ``eot_samples`` draws), :func:`autoattack_rand` (the per-image worst case of both,
+AutoAttack's ``version='rand'``), :func:`eot_gradient`, :func:`dlr_loss`, the budgets
+:data:`PRESETS` (``cpu``: 20 steps x 4 draws; ``standard``: 100 steps, 1 draw; ``rand``: 100
+steps, 1 restart, 20 draws) and :class:`APGDInfo`.
+
 Black box: :func:`nattack` (Li et al. 2019, NES search in tanh space with a population
 evaluated in one call per iteration) and transfer (:func:`craft` with ``name="transfer"``:
 PGD crafted on a source model). :func:`craft` is the dispatcher of ``python -m evaluate
@@ -56,10 +62,13 @@ References:
   Classifiers", NeurIPS 2019.
   Li et al., "NATTACK: Learning the Distributions of Adversarial Examples", ICML 2019.
   Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy", ICML 2019.
+  Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+  parameter-free attacks", ICML 2020.
   Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
   Wong, Rice, Kolter, "Fast is better than free", ICLR 2020.
 """
 
+from smoothjax.attacks._apgd import PRESETS, APGDInfo, apgd, autoattack_rand, dlr_loss, eot_gradient
 from smoothjax.attacks._checks import attack_vs_compute, run_sanity_checks
 from smoothjax.attacks._common import (ATTACKS, NORMS, GradientMaskingWarning, LogitsFn,
                                        cross_entropy, kl_divergence)
@@ -88,6 +97,12 @@ __all__ = [
     "pgd_s",
     "trades_adversary",
     "nattack",
+    "apgd",
+    "autoattack_rand",
+    "eot_gradient",
+    "dlr_loss",
+    "PRESETS",
+    "APGDInfo",
     "craft",
     "run_sanity_checks",
     "attack_vs_compute",

@@ -137,18 +137,21 @@ def attack_vs_compute(logits_fn: LogitsFn, x, y, *, key, eps,
     accuracy_fn: ``accuracy_fn(x_adv) -> float`` (e.g. the smoothed accuracy at some n), or
       a ``{label: float}`` dict (e.g. ``{"n=1": ..., "n=64": ...}``): one row per label.
     step_size: default ``eps / 4``.
-    **kw: passed to :func:`craft` (e.g. ``fixed_noise=True``).
+    **kw: passed to :func:`craft`. ``fixed_noise`` applies to ``smoothadv`` only and defaults
+      to ``True`` there (Salman et al.'s fixed draws; ``pgd_s`` is the fresh-draw variant).
 
   Returns:
-    Records ``{"attack", "steps", "samples", "compute", "accuracy"}`` (plus ``"label"``),
-    ``compute = k * m``.
+    Records ``{"attack", "steps", "samples", "compute", "accuracy"}`` (plus ``"label"``; plus
+    ``"fixed_noise"`` for ``smoothadv``), ``compute = k * m``.
   """
   key = _as_key(key)
   for a in attacks:
     if a not in ("pgd", "epgd", "smoothadv", "pgd_s"):
       raise ValueError(f"attack_vs_compute supports pgd, epgd, smoothadv, pgd_s; got {a!r}")
+  fixed_noise = bool(kw.pop("fixed_noise", True))
   rows, seen = [], set()
   for ai, a in enumerate(attacks):
+    kw_a = dict(kw, fixed_noise=fixed_noise) if a == "smoothadv" else kw
     for k, m in budgets:
       if int(k) < 1 or int(m) < 1:
         raise ValueError(f"budgets must be pairs of integers >= 1, got {(k, m)}")
@@ -158,8 +161,10 @@ def attack_vs_compute(logits_fn: LogitsFn, x, y, *, key, eps,
       seen.add((a, int(k), m_used))
       xa = craft(a, logits_fn, x, y, key=jax.random.fold_in(key, ai), eps=eps, norm=norm,
                  steps=int(k), step_size=step_size, samples=m_used, batch_size=batch_size,
-                 **kw)
+                 **kw_a)
       row = {"attack": a, "steps": int(k), "samples": m_used, "compute": int(k) * m_used}
+      if a == "smoothadv":
+        row["fixed_noise"] = fixed_noise
       acc = accuracy_fn(xa)
       if isinstance(acc, Mapping):  # several accuracies of the same examples (e.g. per n)
         rows.extend(dict(row, label=str(lbl), accuracy=float(v)) for lbl, v in acc.items())

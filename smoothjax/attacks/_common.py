@@ -13,9 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack")
+ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack",
+           "apgd_ce", "apgd_dlr", "autoattack_rand")
 NORMS = ("linf", "l2")
-_WHITE_BOX = ("fgsm", "pgd", "epgd", "smoothadv", "pgd_s")
+_WHITE_BOX = ("fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "apgd_ce", "apgd_dlr",
+              "autoattack_rand")
+_APGD = ("apgd_ce", "apgd_dlr", "autoattack_rand")
 
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from smoothjax._utils import as_key as _as_key
 from smoothjax._utils import pad_rows
-from smoothjax.attacks._common import _WHITE_BOX, ATTACKS, NORMS, LogitsFn
+from smoothjax.attacks._apgd import apgd, autoattack_rand
+from smoothjax.attacks._common import _APGD, _WHITE_BOX, ATTACKS, NORMS, LogitsFn
 from smoothjax.attacks._nattack import nattack
 from smoothjax.attacks._pgd import epgd, fgsm, pgd, pgd_s, smoothadv
 
@@ -29,7 +30,12 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
   Args:
     name: one of :data:`ATTACKS`: ``none``, ``fgsm``, ``pgd``, ``epgd``, ``smoothadv``,
       ``pgd_s``, ``transfer`` (``transfer_attack``, PGD by default, crafted on
-      ``source_logits_fn``), ``nattack`` (queries ``smoothed_probs_fn``).
+      ``source_logits_fn``), ``nattack`` (queries ``smoothed_probs_fn``), ``apgd_ce`` /
+      ``apgd_dlr`` (Croce & Hein's Auto-PGD with the cross-entropy / DLR loss and an EOT
+      gradient over ``samples`` draws; parameter-free, ``step_size`` is ignored) and
+      ``autoattack_rand`` (per image the worst case of both, judged by
+      ``smoothed_probs_fn`` when given, else by the attacks' own criterion; as a transfer
+      attack, by the source model's own criterion).
     logits_fn: the target's ``logits_fn(x, key)`` (white box).
     x: images in [0, 1], batch first (NumPy or JAX).
     y: integer labels.
@@ -39,10 +45,11 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
     steps: PGD-family steps (FGSM: 1; ignored by NAttack, which runs ``iterations``).
     step_size: default ``eps / 4`` (FGSM: ``eps``; FGSM with ``random_start=True``: ``1.25 eps``,
       Wong et al.).
-    samples: noise draws per step of EPGD / SmoothAdv / PGD-s (PGD and FGSM use 1).
-    restarts: PGD-family restarts.
+    samples: noise draws per step of EPGD / SmoothAdv / PGD-s (PGD and FGSM use 1); the EOT
+      draws per gradient of the APGD attacks (``eot_samples``).
+    restarts: PGD-family and APGD restarts.
     source_logits_fn: transfer source model.
-    smoothed_probs_fn: NAttack's ``probs_fn(x, key)``.
+    smoothed_probs_fn: NAttack's ``probs_fn(x, key)``; ``autoattack_rand``'s ``score_fn``.
     population, iterations: NAttack budget.
     batch_size: images per compiled call (the last batch is padded, so one program serves
       every batch).
@@ -120,6 +127,13 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
                       iterations=iterations, norm=norm, **kw)
     elif name == "fgsm":
       xa = fgsm(logits_fn, xb, yb, key=kb, eps=eps, step_size=step_size, norm=norm, **kw)
+    elif name in _APGD:
+      common = dict(key=kb, eps=eps, steps=steps, eot_samples=samples, norm=norm,
+                    restarts=restarts, **kw)
+      if name == "autoattack_rand":
+        xa = autoattack_rand(logits_fn, xb, yb, score_fn=smoothed_probs_fn, **common)
+      else:
+        xa = apgd(logits_fn, xb, yb, loss=name[5:], **common)
     elif name == "pgd":
       xa = pgd(logits_fn, xb, yb, key=kb, eps=eps, steps=steps, step_size=step_size,
                norm=norm, restarts=restarts, **kw)

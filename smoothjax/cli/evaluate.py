@@ -152,17 +152,33 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--alpha", default=d["alpha"], help="failure probability (default 0.001)")
   g = p.add_argument_group("attack")
   g.add_argument("--attack", default=d["attack"], metavar="NAME",
-                 help="none (default), fgsm, pgd, epgd, smoothadv, pgd_s, transfer, nattack")
+                 help="none (default), fgsm, pgd, epgd, smoothadv (Salman et al.: fixed noise "
+                      "draws), pgd_s, transfer, nattack, apgd_ce, apgd_dlr, autoattack_rand "
+                      "(Croce & Hein's APGD-CE / APGD-DLR with EOT gradients, and their "
+                      "per-image worst case judged by the smoothed classifier)")
   g.add_argument("--eps", default=d["eps"], metavar="E",
                  help="attack radius in [0,1] pixel units (default 8/255)")
   g.add_argument("--norm", default=d["norm"], metavar="linf|l2")
   g.add_argument("--steps", type=_int, default=d["steps"], metavar="K",
-                 help="attack iterations (default 7; fgsm 1)")
+                 help="attack iterations (default 7; fgsm 1; APGD: --apgd_preset's)")
   g.add_argument("--step_size", default=d["step_size"], metavar="A",
                  help="step size in [0,1] pixel units (default: the attack's, eps/4 for PGD)")
   g.add_argument("--attack_samples", type=_int, default=d["attack_samples"], metavar="M",
-                 help="noise draws per gradient (default 8 for epgd/smoothadv/pgd_s, else 1)")
+                 help="noise draws per gradient (default 8 for epgd/smoothadv/pgd_s; APGD: "
+                      "--apgd_preset's EOT draws; else 1)")
   g.add_argument("--restarts", type=_int, default=d["restarts"], metavar="R")
+  g.add_argument("--apgd_preset", default=d["apgd_preset"], choices=("cpu", "standard", "rand"),
+                 help="budget of apgd_ce/apgd_dlr/autoattack_rand, the defaults of --steps and "
+                      "--attack_samples: cpu (default) = 20 steps x 4 EOT draws, 1 restart; "
+                      "standard = 100 steps x 1 draw (deterministic models); rand = AutoAttack's "
+                      "version='rand': 100 steps, 1 restart, 20 EOT draws")
+  g.add_argument("--fixed_noise", type=_bool, nargs="?", const=True, default=d["fixed_noise"],
+                 help="keep SmoothAdv's noise draws fixed across steps (default: true for "
+                      "smoothadv, as Salman et al.; pgd_s draws fresh noise)")
+  g.add_argument("--final_draws", type=_int, default=d["final_draws"], metavar="R",
+                 help="evaluate the attacked images R times with independent keys: accuracy "
+                      "is the mean, accuracy_all_draws counts an image only if all R are "
+                      "right (default 1)")
   g.add_argument("--source_checkpoint", default=d["source_checkpoint"], metavar="PATH",
                  help="transfer: the model the examples are crafted on")
   g.add_argument("--nattack_population", type=_int, default=d["nattack_population"],
@@ -206,7 +222,8 @@ def settings_from_args(args: argparse.Namespace):
       attack_samples=args.attack_samples, restarts=args.restarts,
       source_checkpoint=args.source_checkpoint, nattack_population=args.nattack_population,
       nattack_iterations=args.nattack_iterations, sanity_checks=args.sanity_checks,
-      sanity_nattack=args.sanity_nattack,
+      sanity_nattack=args.sanity_nattack, apgd_preset=args.apgd_preset,
+      fixed_noise=args.fixed_noise, final_draws=args.final_draws,
       workdir=args.workdir, progress=args.progress)
 
 

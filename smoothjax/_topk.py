@@ -25,7 +25,7 @@ same ``sample < n`` mask.
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from smoothjax import topk
+  >>> from smoothjax import _topk as topk
   >>> logits = jnp.asarray([[[0., 3., 1., 2.]], [[0., 1., 3., 2.]], [[3., 2., 1., 0.]]])
   >>> counts = topk.rank_histograms(logits, k=2)       # (n=3, B=1, C=4) -> (B, k, C)
   >>> counts.tolist()
