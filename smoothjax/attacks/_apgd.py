@@ -58,11 +58,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from smoothjax._utils import as_key as _as_key
+from smoothjax.attacks._common import _join_fn, _split_fn
 
 __all__ = [
     "LOSSES",
@@ -562,33 +565,3 @@ def _make_config(*, steps, loss, norm, eot_samples, restarts, rho, momentum, ini
   return _Config(steps=int(steps), loss=loss, norm=norm, eot_samples=int(eot_samples),
                  restarts=int(restarts), rho=float(rho), momentum=float(momentum),
                  initial_step=float(initial_step), schedule=schedule)
-
-
-def _as_key(key) -> jax.Array:
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-    return jax.random.key(int(key))
-  if not isinstance(key, jax.Array):
-    raise ValueError(f"key must be a jax.random.key(...) or an int seed, got {type(key)}")
-  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(key)
-  return key
-
-
-def _is_dynamic(leaf: Any) -> bool:
-  return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int)) and not isinstance(
-      leaf, bool)
-
-
-def _split_fn(fn):
-  """(static part, array leaves) of a (pytree) model function; closures are all static."""
-  leaves, treedef = jax.tree.flatten(fn)
-  mask = tuple(_is_dynamic(leaf) for leaf in leaves)
-  static = tuple(None if d else leaf for leaf, d in zip(leaves, mask))
-  return (treedef, mask, static), tuple(leaf for leaf, d in zip(leaves, mask) if d)
-
-
-def _join_fn(static, dynamic):
-  treedef, mask, static_leaves = static
-  it = iter(dynamic)
-  return jax.tree.unflatten(treedef, [next(it) if d else leaf
-                                      for d, leaf in zip(mask, static_leaves)])
