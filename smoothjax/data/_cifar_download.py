@@ -53,13 +53,13 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 import zlib
 from typing import Any
 
 import numpy as np
 
 from smoothjax.data import _dataset as _data
+from smoothjax.data import _sources
 
 __all__ = [
     "Archive",
@@ -454,32 +454,6 @@ def _arrays_cache_path(root: pathlib.Path, name: str, sha256: str) -> pathlib.Pa
   return root / f"{name}-python-v{_CACHE_VERSION}-{sha256[:16]}.npz"
 
 
-def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray] | None:
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    _log.warning("ignoring unreadable cache file %s (%s)", path, e)
-    return None
-
-
-def _write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-  tmp = None
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    tmp = None
-  except OSError as e:
-    _log.warning("could not write the dataset cache %s (%s); continuing without it", path, e)
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def load_arrays(name: str, *, cache_dir: str | os.PathLike | None = None,
                 **download_kwargs: Any) -> dict[str, np.ndarray]:
   """The decoded arrays of ``name``, from the decoded cache or the verified archive.
@@ -500,13 +474,12 @@ def load_arrays(name: str, *, cache_dir: str | os.PathLike | None = None,
   sha = download_kwargs.get("sha256") or arc.sha256
   root = _cache_root(cache_dir)
   cached = _arrays_cache_path(root, name, sha)
-  if cached.is_file():
-    arrays = _read_npz(cached)
-    if arrays is not None:
-      return arrays
+  arrays = _sources._cache_read(cached)  # pylint: disable=protected-access
+  if arrays is not None:
+    return arrays
   path = download_archive(name, cache_dir=cache_dir, **download_kwargs)
   arrays = read_archive(path, name)
-  _write_npz(cached, arrays)
+  _sources._cache_write(cached, arrays)  # pylint: disable=protected-access
   return arrays
 
 
