@@ -231,6 +231,15 @@ class NoisyLinear(nnx.Module):
     return x @ w + self.bias[...]
 
 
+def _noisy_head(cin: int, num_classes: int, cfg: noise_lib.NoiseConfig, counter: "_KeyCounter",
+                rngs: nnx.Rngs) -> "NoisyLinear":
+  """The linear head: CNI models keep element-wise PNI on it (as the CNI reference models do)."""
+  head_noise = "pni" if (cfg.weight == "cni" and cfg.cni_head_pni) else cfg.weight
+  head_cfg = dataclasses.replace(cfg, pni_granularity="element") if cfg.weight == "cni" else cfg
+  return NoisyLinear(cin, num_classes, weight_noise=head_noise, cfg=head_cfg, counter=counter,
+                     rngs=rngs)
+
+
 def _bn(n: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
   # PyTorch BatchNorm2d defaults: eps 1e-5, momentum 0.1 (= decay 0.9).
   return nnx.BatchNorm(n, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
@@ -313,13 +322,7 @@ class CifarResNet(_Base):
                                    rngs))
         cin = cout
     self.blocks = nnx.List(blocks)
-    head_noise = cfg.weight
-    if cfg.weight == "cni" and cfg.cni_head_pni:
-      head_noise = "pni"
-    head_cfg = dataclasses.replace(cfg, pni_granularity="element") if (
-        cfg.weight == "cni") else cfg
-    self.fc = NoisyLinear(64, config.num_classes, weight_noise=head_noise, cfg=head_cfg,
-                          counter=counter, rngs=rngs)
+    self.fc = _noisy_head(64, config.num_classes, cfg, counter, rngs)
 
   def __call__(self, x, *, key=None, train: bool = False, sigma=None, noise: bool = True):
     x, key = self._prepare(x, key, sigma, noise)
@@ -373,11 +376,7 @@ class WideResNet(_Base):
         cin = cout
     self.blocks = nnx.List(blocks)
     self.bn = _bn(cin, rngs)
-    head_noise = "pni" if (cfg.weight == "cni" and cfg.cni_head_pni) else cfg.weight
-    head_cfg = dataclasses.replace(cfg, pni_granularity="element") if (
-        cfg.weight == "cni") else cfg
-    self.fc = NoisyLinear(cin, config.num_classes, weight_noise=head_noise, cfg=head_cfg,
-                          counter=counter, rngs=rngs)
+    self.fc = _noisy_head(cin, config.num_classes, cfg, counter, rngs)
 
   def __call__(self, x, *, key=None, train: bool = False, sigma=None, noise: bool = True):
     x, key = self._prepare(x, key, sigma, noise)

@@ -25,14 +25,13 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from smoothjax import models as models_lib
-from smoothjax.models import NoisyConv, NoisyLinear, _Base, _bn, _KeyCounter
+from smoothjax.models import NoisyConv, _Base, _bn, _KeyCounter, _noisy_head
 
 __all__ = ["IMAGE_SIZE", "STAGES", "ResNet50", "torch_layout"]
 
@@ -100,11 +99,7 @@ class ResNet50(_Base):
         spatial //= stride
         cin = width * EXPANSION
     self.blocks = nnx.List(blocks)
-    head_noise = "pni" if (cfg.weight == "cni" and cfg.cni_head_pni) else cfg.weight
-    head_cfg = dataclasses.replace(cfg, pni_granularity="element") if (
-        cfg.weight == "cni") else cfg
-    self.fc = NoisyLinear(cin, config.num_classes, weight_noise=head_noise, cfg=head_cfg,
-                          counter=counter, rngs=rngs)
+    self.fc = _noisy_head(cin, config.num_classes, cfg, counter, rngs)
 
   def __call__(self, x, *, key=None, train: bool = False, sigma=None, noise: bool = True):
     x, key = self._prepare(x, key, sigma, noise)
