@@ -445,7 +445,10 @@ def prepare(settings: EvalSettings) -> Prepared:
   from smoothjax import data as data_lib  # pylint: disable=import-outside-toplevel
   try:
     ds = data_lib.load_dataset(s.dataset, data_dir=s.data_dir)
-    x, y = ds.split(s.split)
+    if isinstance(ds, data_lib.LazySource):
+      x, y = _load_lazy(ds, s)
+    else:
+      x, y = ds.split(s.split)
   except (ValueError, OSError) as e:
     raise EvaluationError(f"dataset: {first_line(e)}") from None
   if s.limit is not None:
@@ -459,6 +462,30 @@ def prepare(settings: EvalSettings) -> Prepared:
   p = Prepared(s, model, info, x, y, num_classes, source)
   p.fingerprint = _fingerprint(p)
   return p
+
+
+_LAZY_MAX_BYTES = 2 << 30  # decoded uint8 images an evaluation may hold at once
+
+
+def _load_lazy(source, s: EvalSettings) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``limit`` images of an ImageNet-size source (its spec names the split), decoded.
+
+  An evaluation holds its images in memory; a whole ImageNet validation set (about 7.5 GB
+  decoded) does not fit, so past 2 GiB this asks for ``--limit`` (or, for certification of a
+  whole set, :func:`smoothjax.data.certify_source`, which decodes batch by batch).
+  """
+  if s.split != EvalSettings.split:
+    raise EvaluationError(f"split: an ImageNet-size source takes its split from the dataset spec "
+                          f"(imagenet_folder:PATH::SPLIT or imagenet:SPLIT), got --split={s.split}")
+  n = len(source) if s.limit is None else min(s.limit, len(source))
+  per_image = source.crop * source.crop * 3
+  if n * per_image > _LAZY_MAX_BYTES:
+    raise EvaluationError(
+        f"dataset: {n} images of {source.crop}x{source.crop} would take "
+        f"{n * per_image / 2**30:.1f} GiB decoded; pass --limit (at most "
+        f"{_LAZY_MAX_BYTES // per_image}) or certify the whole set with "
+        "smoothjax.data.certify_source, which decodes batch by batch")
+  return source.load(np.arange(n))
 
 
 def _fingerprint(p: Prepared) -> str:

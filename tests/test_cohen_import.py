@@ -172,3 +172,43 @@ def test_resnet50_with_weight_noise_from_state_dict():
   noisy = np.asarray(model(x, key=jax.random.key(1)))
   assert np.abs(noisy - clean).max() > 1e-3
   np.testing.assert_array_equal(noisy, np.asarray(model(x, key=jax.random.key(1))))
+
+
+def _certify_cli(checkpoint, dataset, wd, *extra):
+  import json
+
+  import evaluate.__main__ as cli
+  rc = cli.main([f"--checkpoint={checkpoint}", f"--dataset={dataset}", "--sigma=0.25", "--n=1",
+                 "--certify", "--n0=2", "--certify_n=4", f"--workdir={wd}", "--progress=false",
+                 *extra])
+  assert rc == 0
+  tsv = (wd / "certify.tsv").read_text().splitlines()
+  return [r for r in json.loads((wd / "results.json").read_text()) if r["vote"] == "certify"], tsv
+
+
+@pytest.mark.slow
+def test_evaluate_cli_certifies_cohen_resnet110(tmp_path):
+  tmodel = tcm.cohen_model("cifar_resnet110", "cohen", seed=3)
+  path = tmp_path / "r110.pth.tar"
+  tcm.save_cohen_checkpoint(path, tmodel, "cifar_resnet110")
+  rows, tsv = _certify_cli(path, "synthetic:40", tmp_path / "wd", "--limit=2")
+  assert rows and len(tsv) == 1 + 2  # header + one line per image
+
+
+@pytest.mark.slow
+def test_evaluate_cli_certifies_cohen_resnet50_on_an_imagenet_folder(tmp_path):
+  from PIL import Image
+  rng = np.random.RandomState(0)
+  for wnid, (w, h) in (("n01440764", (300, 260)), ("n01443537", (256, 320))):
+    (tmp_path / "val" / wnid).mkdir(parents=True)
+    Image.fromarray(rng.randint(0, 256, (h, w, 3), np.uint8)).save(
+        tmp_path / "val" / wnid / "ILSVRC2012_val_00000001.JPEG", quality=95)
+  tmodel = tcm.cohen_model("resnet50", "cohen", num_classes=1000, seed=4)
+  path = tmp_path / "r50.pth.tar"
+  tcm.save_cohen_checkpoint(path, tmodel, "resnet50")
+  rows, tsv = _certify_cli(path, f"imagenet_folder:{tmp_path}", tmp_path / "wd",
+                           "--batch_size=4")
+  assert rows and len(tsv) == 1 + 2
+  import evaluate.__main__ as cli
+  assert cli.main([f"--checkpoint={path}", f"--dataset=imagenet_folder:{tmp_path}",
+                   "--split=train", "--n=1", f"--workdir={tmp_path / 'wd2'}"]) == 2
