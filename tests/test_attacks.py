@@ -301,6 +301,34 @@ def test_nattack_on_a_smoothed_noisy_model():
   assert after.mean() <= clean.mean() - 0.15
 
 
+def _coin_probs(x, key):
+  """A randomized classifier: one query says class 1 with probability q(x), else class 0.
+
+  q = 0.95 for bright images (mean > 0.5), 0.3 for dark ones, whatever the perturbation
+  (eps < 0.2 cannot cross): with labels 0 the smoothed (majority) prediction is wrong exactly
+  on the bright images, while a single query misclassifies 30% of the dark ones.
+  """
+  q = jnp.where(x.reshape(x.shape[0], -1).mean(-1) > 0.5, 0.95, 0.3)
+  return jax.nn.one_hot((jax.random.uniform(key, q.shape) < q).astype(jnp.int32), C)
+
+
+def test_nattack_confirms_success_with_fresh_queries():
+  rng = np.random.RandomState(0)
+  bright = np.arange(32) % 2 == 0
+  x = np.where(bright[:, None, None, None], 0.8, 0.2) + rng.uniform(-0.1, 0.1, (32, 2, 2, 3))
+  x, y = x.astype(np.float32), np.zeros(32, np.int32)
+  kw = dict(key=KEY, eps=0.05, population=4, iterations=20)
+  # Without confirmation a lucky query freezes nearly every dark image as "attacked"
+  # (1 - 0.7^20 > 99.9% of them), although the smoothed classifier is right on all of them.
+  _, lucky = attacks.nattack(_coin_probs, x, y, confirm=0, **kw)
+  assert np.asarray(lucky)[~bright].mean() >= 0.9
+  # Confirmed by 8 fresh re-queries, success is the smoothed misclassification: the bright
+  # images (0.95^9 = 0.63 per iteration) and no dark one (0.3^9 = 2e-5 per iteration).
+  xa, success = attacks.nattack(_coin_probs, x, y, confirm=8, **kw)
+  np.testing.assert_array_equal(np.asarray(success), bright)
+  assert _linf(xa, x) <= 0.05 + 1e-6
+
+
 # ----------------------------------------------------------------------------- craft
 
 
@@ -363,6 +391,8 @@ def test_attack_functions_reject_bad_settings():
     attacks.pgd(clean_fn, X, Y, key=KEY, eps=0.1, steps=1, step_size=0.1, loss="hinge")
   with pytest.raises(ValueError, match="population"):
     attacks.nattack(clean_fn, X, Y, key=KEY, eps=0.1, population=1)
+  with pytest.raises(ValueError, match="confirm"):
+    attacks.nattack(clean_fn, X, Y, key=KEY, eps=0.1, confirm=-1)
 
 
 # ----------------------------------------------------------------------------- compilation
