@@ -586,7 +586,9 @@ def _draws_summary(draws: Sequence[smoothing.VoteCounts], y: np.ndarray) -> dict
 
   ``accuracy`` and ``top5`` are the means over the draws; ``accuracy_all_draws`` counts an
   image as correct only if the smoothed prediction is right in every draw (a conservative
-  score for randomized defenses: one lucky draw does not make an image robust).
+  score for randomized defenses: one lucky draw does not make an image robust). ``correct``
+  keeps the first draw's per-image bits (as :func:`_vote_summary`) for the records' intervals
+  and :func:`load_correct`.
   """
   y = np.asarray(y)
   out = {}
@@ -594,7 +596,8 @@ def _draws_summary(draws: Sequence[smoothing.VoteCounts], y: np.ndarray) -> dict
     correct = np.stack([d.predictions(name) == y[None] for d in draws])  # (R, prefixes, N)
     out[name] = {"accuracy": correct.mean((0, 2)).tolist(),
                  "top5": np.mean([d.top5(name, y) for d in draws], 0).tolist(),
-                 "accuracy_all_draws": correct.all(0).mean(-1).tolist()}
+                 "accuracy_all_draws": correct.all(0).mean(-1).tolist(),
+                 "correct": stats.encode_bits(correct[0])}
   return out
 
 

@@ -405,6 +405,12 @@ def test_nattack_query_n_confirmation_and_budget_reach_craft_and_every_record(
             "nattack_iterations": its, "nattack_confirm": confirm, "nattack_li2019_budget": li}
     adv = [r for r in recs if r["attack"] == "nattack"]
     assert adv and all({k: r[k] for k in want} == want for r in adv), adv[0]
+    # attacked rows have intervals too (a noise-free model: the exact Clopper-Pearson one)
+    assert all(r["accuracy_ci_method"] == "clopper_pearson" for r in adv), adv[0]
+    correct, _ = evaluation.load_correct(tmp_path / str(i), sigma=0.0, vote="hard", n=1,
+                                         kind="adv")
+    # the stub leaves the images clean, and the model is right on the first 4 (fixture)
+    assert correct.tolist() == [[True] * 4 + [False] * 2]
     if "--sanity_checks" in flags:
       assert calls[1] == dict(name="checks", n=n, confirm=confirm)
       checks = json.loads((tmp_path / str(i) / "sanity_checks.json").read_text())
