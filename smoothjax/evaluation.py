@@ -73,6 +73,8 @@ from smoothjax import smoothing
 from smoothjax import stats
 from smoothjax._utils import atomic_write_text, first_line
 from smoothjax.attacks import PRESETS as APGD_PRESETS
+from smoothjax.attacks._nattack import DEFAULT_CONFIRM as NATTACK_CONFIRM
+from smoothjax.attacks._nattack import budget_columns as nattack_budget_columns
 
 __all__ = [
     "EvaluationError",
@@ -220,7 +222,18 @@ class EvalSettings:
       of the records' confidence intervals.
     certify, n0, certify_n, alpha: Cohen et al.'s CERTIFY.
     attack, eps, norm, steps, step_size, attack_samples, restarts, source_checkpoint,
-      nattack_population, nattack_iterations, sanity_checks: the attack (``smoothjax.attacks``).
+      sanity_checks: the attack (``smoothjax.attacks``).
+    nattack_population, nattack_iterations: NAttack's budget. The defaults (100 x 100) are
+      CPU-sized, far below Li et al.'s 300 x 500 (the defaults of
+      :func:`smoothjax.attacks.nattack`); every NAttack record says which it ran
+      (``nattack_li2019_budget``).
+    nattack_n: Monte-Carlo samples of each NAttack query (one smoothed prediction); ``0``: the
+      smallest ``n`` of ``ns`` that is >= 8, else the largest (also the ``n`` of
+      ``autoattack_rand``'s smoothed judge). The attacked images are then scored like the
+      clean ones, for every ``n``, with fresh noise.
+    nattack_confirm: fresh re-queries that must all misclassify a candidate before NAttack
+      counts it a success (:func:`smoothjax.attacks.nattack`'s ``confirm``; ``0``: the first
+      misclassified query stops, as before).
     apgd_preset: the budget of the APGD attacks (``smoothjax.APGD_PRESETS``: ``cpu`` 20
       steps x 4 EOT draws, ``standard`` 100 steps x 1 draw, ``rand`` AutoAttack's
       ``version='rand'``, 100 steps, 1 restart, 20 draws); it sets ``steps`` and
@@ -267,6 +280,8 @@ class EvalSettings:
   source_checkpoint: str | None = None
   nattack_population: int = 100
   nattack_iterations: int = 100
+  nattack_n: int = 0
+  nattack_confirm: int = NATTACK_CONFIRM
   sanity_checks: bool = False
   sanity_nattack: bool = False
   apgd_preset: str = "cpu"
@@ -323,6 +338,10 @@ def validate(s: EvalSettings) -> EvalSettings:
   if not isinstance(s.noise_block, int) or isinstance(s.noise_block, bool) or s.noise_block < 0:
     raise EvaluationError(f"noise_block: must be an integer >= 0 (0: one draw for all images), "
                           f"got {s.noise_block!r}")
+  for name, zero in (("nattack_n", "the smallest --n >= 8"), ("nattack_confirm", "none")):
+    v = getattr(s, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+      raise EvaluationError(f"{name}: must be an integer >= 0 (0: {zero}), got {v!r}")
   if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
     raise EvaluationError(f"limit: must be a positive integer, got {s.limit!r}")
   if s.step is not None and (not isinstance(s.step, int) or s.step < 0):
@@ -382,15 +401,24 @@ def validate(s: EvalSettings) -> EvalSettings:
   return s
 
 
-def _nattack_samples(ns: Sequence[int]) -> int:
-  big = [n for n in ns if n >= 8]
-  return min(big) if big else max(ns)
+def _nattack_samples(s: EvalSettings) -> int:
+  """Samples per NAttack query: ``nattack_n``, or (0) the smallest n >= 8, else the largest."""
+  if s.nattack_n:
+    return s.nattack_n
+  big = [n for n in s.ns if n >= 8]
+  return min(big) if big else max(s.ns)
+
+
+def _nattack_columns(s: EvalSettings) -> dict:
+  """The NAttack settings of its records: budget, query n, confirmation, Li et al.'s or not."""
+  return dict(nattack_budget_columns(s.nattack_population, s.nattack_iterations,
+                                     s.nattack_confirm), nattack_n=_nattack_samples(s))
 
 
 def _attack_columns(s: EvalSettings) -> dict:
   """The ``attack``, ``eps``, ``steps``, ``attack_samples`` of adversarial rows."""
   if s.attack == "nattack":
-    steps, samples = s.nattack_iterations, _nattack_samples(s.ns)
+    steps, samples = s.nattack_iterations, _nattack_samples(s)
   elif s.attack == "fgsm":
     steps, samples = 1, s.attack_samples
   else:
@@ -401,6 +429,8 @@ def _attack_columns(s: EvalSettings) -> dict:
     cols.update(apgd_preset=s.apgd_preset, eot_samples=samples)
   if s.attack == "smoothadv":
     cols["fixed_noise"] = s.fixed_noise
+  if s.attack == "nattack":
+    cols.update(_nattack_columns(s))
   return cols
 
 
@@ -488,6 +518,10 @@ def _load_lazy(source, s: EvalSettings) -> tuple[np.ndarray, np.ndarray]:
   return source.load(np.arange(n))
 
 
+def _runs_nattack(s: EvalSettings) -> bool:
+  return s.attack == "nattack" or (s.sanity_checks and s.sanity_nattack)
+
+
 def _fingerprint(p: Prepared) -> str:
   s = p.settings
   ck = p.info.get("checkpoint", s.checkpoint)
@@ -508,6 +542,8 @@ def _fingerprint(p: Prepared) -> str:
       + ([s.apgd_preset] if s.attack in _APGD_ATTACKS else [])
       + ([s.fixed_noise] if s.attack == "smoothadv" else [])
       + ([s.final_draws] if s.final_draws != 1 else [])
+      + ([s.nattack_n] if s.nattack_n else [])
+      + ([s.nattack_confirm] if _runs_nattack(s) else [])
       if s.attack != "none" else "none",
       "sanity_checks": [s.sanity_checks, s.sanity_nattack],
   }
@@ -577,7 +613,9 @@ def _draws_summary(draws: Sequence[smoothing.VoteCounts], y: np.ndarray) -> dict
 
   ``accuracy`` and ``top5`` are the means over the draws; ``accuracy_all_draws`` counts an
   image as correct only if the smoothed prediction is right in every draw (a conservative
-  score for randomized defenses: one lucky draw does not make an image robust).
+  score for randomized defenses: one lucky draw does not make an image robust). ``correct``
+  keeps the first draw's per-image bits (as :func:`_vote_summary`) for the records' intervals
+  and :func:`load_correct`.
   """
   y = np.asarray(y)
   out = {}
@@ -585,7 +623,8 @@ def _draws_summary(draws: Sequence[smoothing.VoteCounts], y: np.ndarray) -> dict
     correct = np.stack([d.predictions(name) == y[None] for d in draws])  # (R, prefixes, N)
     out[name] = {"accuracy": correct.mean((0, 2)).tolist(),
                  "top5": np.mean([d.top5(name, y) for d in draws], 0).tolist(),
-                 "accuracy_all_draws": correct.all(0).mean(-1).tolist()}
+                 "accuracy_all_draws": correct.all(0).mean(-1).tolist(),
+                 "correct": stats.encode_bits(correct[0])}
   return out
 
 
@@ -621,9 +660,11 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
   source_fn = (smoothing.make_logits_fn(p.source_model, sigma=sigma, sigma_space=s.sigma_space)
                if p.source_model is not None else None)
   probs_fn = smoothing.make_smoothed_probs_fn(
-      p.model, sigma=sigma, sigma_space=s.sigma_space, num_samples=_nattack_samples(s.ns))
+      p.model, sigma=sigma, sigma_space=s.sigma_space, num_samples=_nattack_samples(s))
   log(f"crafting {s.attack} examples (σ={sigma:g}, repeat {r}) on {len(x)} images")
   extra_kw = {"fixed_noise": True} if s.fixed_noise else {}
+  if s.attack == "nattack":
+    extra_kw["confirm"] = s.nattack_confirm
   x_adv = attacks.craft(
       s.attack, logits_fn, x, p.y, key=jax.random.fold_in(rep, 1), eps=s.eps, norm=s.norm,
       steps=s.steps, step_size=s.step_size, samples=s.attack_samples, restarts=s.restarts,
@@ -648,13 +689,14 @@ def _eval_point(p: Prepared, sigma: float, r: int, log: Callable[[str], None]) -
 
     extra = {"norm": s.norm, "batch_size": s.batch_size, "warn": False,
              "nattack_population": s.nattack_population,
-             "nattack_iterations": s.nattack_iterations}
+             "nattack_iterations": s.nattack_iterations, "nattack_confirm": s.nattack_confirm}
     checks = attacks.run_sanity_checks(
         logits_fn, x, p.y, key=jax.random.fold_in(rep, 3), eps=s.eps, steps=s.steps,
         step_size=s.step_size, accuracy_fn=accuracy_fn, source_logits_fn=source_fn,
-        smoothed_probs_fn=probs_fn if (s.sanity_nattack or s.attack == "nattack") else None,
-        **extra)
-    out["sanity_checks"] = [dict(c, sigma=sigma) for c in checks]
+        smoothed_probs_fn=probs_fn if _runs_nattack(s) else None, **extra)
+    out["sanity_checks"] = [
+        dict(c, sigma=sigma, **(_nattack_columns(s) if "nattack_population" in c else {}))
+        for c in checks]
   return out
 
 

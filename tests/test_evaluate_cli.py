@@ -157,6 +157,8 @@ BAD = [
     ("--checkpoint=/does/not/exist.pth", "checkpoint"),
     ("--eps=8/0", "eps"),
     ("--unknown_flag=1", "unknown_flag"),
+    ("--nattack_n=-1", "nattack_n"),
+    ("--nattack_confirm=-2", "nattack_confirm"),
 ]
 
 
@@ -360,3 +362,57 @@ def test_smoothadv_from_the_cli_uses_fixed_noise(tiny, tmp_path, monkeypatch):
     adv = [r for r in recs if r["attack"] == attack]
     assert adv and all(r.get("fixed_noise", False) == (attack == "smoothadv") for r in adv)
   assert calls == [("smoothadv", True), ("pgd_s", False)]
+
+
+def test_nattack_query_n_confirmation_and_budget_reach_craft_and_every_record(
+    tiny, tmp_path, monkeypatch):
+  """--nattack_n / --nattack_confirm reach the attack; every NAttack record states its budget."""
+  calls = []
+
+  def craft(name, fn, x, y, *, smoothed_probs_fn, population, iterations, **kw):
+    calls.append(dict(name=name, n=smoothed_probs_fn.num_samples, population=population,
+                      iterations=iterations, confirm=kw.get("confirm")))
+    return np.array(x, np.float32)
+
+  def run_sanity_checks(logits_fn, x, y, *, smoothed_probs_fn, nattack_population,
+                        nattack_iterations, nattack_confirm, **kw):
+    calls.append(dict(name="checks", n=smoothed_probs_fn.num_samples,
+                      confirm=nattack_confirm))
+    return [{"check": "white_box_vs_nattack", "passed": True, "detail": "",
+             "nattack_population": nattack_population}]
+
+  monkeypatch.setattr(evaluation, "attacks", types.SimpleNamespace(
+      craft=craft, run_sanity_checks=run_sanity_checks))
+  parser = cli.build_parser()
+  helps = {a.dest: a.help for a in parser._actions}
+  for flag in ("nattack_population", "nattack_iterations"):
+    assert "100 x 100" in helps[flag] and "300 x 500" in helps[flag], helps[flag]
+  base = [f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--vote=hard",
+          "--attack=nattack", "--progress=false"]
+  cases = [  # (flags, expected query n, population, iterations, confirm, Li et al.'s budget)
+      (["--n=1,4,16"], 16, 100, 100, 8, False),  # 0 = auto: the smallest n >= 8
+      (["--n=1,4"], 4, 100, 100, 8, False),  # none >= 8: the largest
+      (["--n=1,16", "--nattack_n=2", "--nattack_confirm=0", "--nattack_population=300",
+        "--nattack_iterations=500", "--sanity_checks"], 2, 300, 500, 0, True),
+  ]
+  for i, (flags, n, pop, its, confirm, li) in enumerate(cases):
+    calls.clear()
+    args = parser.parse_args(base + flags + [f"--workdir={tmp_path / str(i)}"])
+    recs = evaluation.run(cli.settings_from_args(args), log=lambda m: None)
+    assert calls[0] == dict(name="nattack", n=n, population=pop, iterations=its,
+                            confirm=confirm)
+    want = {"attack_samples": n, "steps": its, "nattack_n": n, "nattack_population": pop,
+            "nattack_iterations": its, "nattack_confirm": confirm, "nattack_li2019_budget": li}
+    adv = [r for r in recs if r["attack"] == "nattack"]
+    assert adv and all({k: r[k] for k in want} == want for r in adv), adv[0]
+    # attacked rows have intervals too (a noise-free model: the exact Clopper-Pearson one)
+    assert all(r["accuracy_ci_method"] == "clopper_pearson" for r in adv), adv[0]
+    correct, _ = evaluation.load_correct(tmp_path / str(i), sigma=0.0, vote="hard", n=1,
+                                         kind="adv")
+    # the stub leaves the images clean, and the model is right on the first 4 (fixture)
+    assert correct.tolist() == [[True] * 4 + [False] * 2]
+    if "--sanity_checks" in flags:
+      assert calls[1] == dict(name="checks", n=n, confirm=confirm)
+      checks = json.loads((tmp_path / str(i) / "sanity_checks.json").read_text())
+      assert {k: checks[0][k] for k in want if k.startswith("nattack")} == {
+          k: v for k, v in want.items() if k.startswith("nattack")}

@@ -35,7 +35,8 @@ AutoAttack's ``version='rand'``), :func:`eot_gradient`, :func:`dlr_loss`, the bu
 steps, 1 restart, 20 draws) and :class:`APGDInfo`.
 
 Black box: :func:`nattack` (Li et al. 2019, NES search in tanh space with a population
-evaluated in one call per iteration) and transfer (:func:`craft` with ``name="transfer"``:
+evaluated in one call per iteration; against a randomized target a success must be confirmed by
+``confirm`` fresh re-queries) and transfer (:func:`craft` with ``name="transfer"``:
 PGD crafted on a source model). :func:`craft` is the dispatcher of ``python -m evaluate
 --attack=NAME``; :func:`run_sanity_checks` runs Athalye et al.'s gradient-masking checklist;
 :func:`attack_vs_compute` (and :func:`smoothjax.plots.plot_attack_vs_compute`) give the

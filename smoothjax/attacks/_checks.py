@@ -17,6 +17,7 @@ import numpy as np
 from smoothjax._utils import as_key as _as_key
 from smoothjax.attacks._common import GradientMaskingWarning, LogitsFn
 from smoothjax.attacks._craft import craft
+from smoothjax.attacks._nattack import DEFAULT_CONFIRM, budget_columns
 
 def _tolerance(acc: float, n: int) -> float:
   """Slack for comparing two accuracies on n images: two binomial standard errors, >= 2%."""
@@ -29,7 +30,8 @@ def run_sanity_checks(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 7, st
                       large_eps: float = 0.5, large_eps_max_accuracy: float = 0.1,
                       more_steps_factor: int = 4, norm: str = "linf", batch_size: int = 256,
                       nattack_population: int = 100, nattack_iterations: int = 50,
-                      nattack_images: int = 16, warn: bool = True) -> list[dict]:
+                      nattack_images: int = 16, nattack_confirm: int = DEFAULT_CONFIRM,
+                      warn: bool = True) -> list[dict]:
   """Athalye et al.'s checklist against gradient masking, on PGD with the given settings.
 
   Checks (each a dict ``{"check", "passed", "detail"}`` plus the accuracies it compared):
@@ -55,7 +57,10 @@ def run_sanity_checks(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 7, st
     accuracy_fn: ``accuracy_fn(x_adv) -> float``, the defended (e.g. smoothed) accuracy of all
       of ``x``'s images.
     source_logits_fn, smoothed_probs_fn: enable the black-box comparisons.
-    nattack_population, nattack_iterations, nattack_images: NAttack budget of the comparison.
+    nattack_population, nattack_iterations, nattack_images, nattack_confirm: NAttack budget
+      of the comparison (far below Li et al.'s 300 x 500 by default) and its ``confirm``; the
+      record carries them (``nattack_population``, ``nattack_iterations``, ``nattack_confirm``,
+      ``nattack_li2019_budget``).
 
   Returns:
     The list of check records.
@@ -105,15 +110,17 @@ def run_sanity_checks(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 7, st
     mix = examples["pgd"].copy()
     mix[:k] = craft("nattack", None, x[:k], y[:k], key=jax.random.fold_in(key, 5), eps=eps,
                     smoothed_probs_fn=smoothed_probs_fn, population=nattack_population,
-                    iterations=nattack_iterations, **common)
+                    iterations=nattack_iterations, confirm=nattack_confirm, **common)
     # accuracy difference on the k images (the others are identical in both sets)
     diff = (float(accuracy_fn(mix)) - base) * n / k
     tol_k = _tolerance(0.5, k)
     checks.append({"check": "white_box_vs_nattack", "passed": diff >= -tol_k,
                    "detail": f"NAttack (population {nattack_population}, {nattack_iterations} "
-                             f"iterations) on the first {k} images: accuracy {diff:+.4f} vs "
-                             f"white-box PGD-{steps} on them (must be >= {-tol_k:.4f})",
-                   "accuracy_difference": diff, "images": k})
+                             f"iterations, {nattack_confirm} confirming re-queries) on the "
+                             f"first {k} images: accuracy {diff:+.4f} vs white-box "
+                             f"PGD-{steps} on them (must be >= {-tol_k:.4f})",
+                   "accuracy_difference": diff, "images": k,
+                   **budget_columns(nattack_population, nattack_iterations, nattack_confirm)})
   if warn:
     for c in checks:
       if not c["passed"]:

@@ -50,13 +50,14 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
     restarts: PGD-family and APGD restarts.
     source_logits_fn: transfer source model.
     smoothed_probs_fn: NAttack's ``probs_fn(x, key)``; ``autoattack_rand``'s ``score_fn``.
-    population, iterations: NAttack budget.
+    population, iterations: NAttack budget (these defaults are ``python -m evaluate``'s
+      CPU-sized 100 x 100; Li et al.'s 300 x 500 are :func:`nattack`'s).
     batch_size: images per compiled call (the last batch is padded, so one program serves
       every batch).
     transfer_attack: the white-box attack run on the source model for ``transfer``.
     nattack_batch_size: images per NAttack call (default: ``population * batch <= 8192``).
-    **kw: passed to the attack (e.g. ``fixed_noise=True`` for SmoothAdv, ``sigma``/``lr`` for
-      NAttack, ``unroll``).
+    **kw: passed to the attack (e.g. ``fixed_noise=True`` for SmoothAdv, ``sigma``/``lr``/
+      ``confirm`` for NAttack, ``unroll``).
 
   Returns:
     ``x_adv`` as a float32 NumPy array of ``x``'s shape.

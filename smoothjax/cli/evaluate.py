@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
   Its defaults are :class:`smoothjax.evaluation.EvalSettings`' (the one place they are set).
   """
   from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
+  from smoothjax.attacks._nattack import LI2019_BUDGET  # pylint: disable=import-outside-toplevel
   d = {f.name: f.default for f in dataclasses.fields(evaluation.EvalSettings)}
+  budget = (f"the default {d['nattack_population']} x {d['nattack_iterations']} is a CPU-sized "
+            f"budget far below Li et al.'s {LI2019_BUDGET[0]} x {LI2019_BUDGET[1]} (the default "
+            f"of smoothjax.attacks.nattack); records say which ran (nattack_li2019_budget)")
   p = _Parser(prog="python -m evaluate", description=_DESCRIPTION, epilog=_EPILOG,
               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
   g = p.add_argument_group("model")
@@ -182,9 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--source_checkpoint", default=d["source_checkpoint"], metavar="PATH",
                  help="transfer: the model the examples are crafted on")
   g.add_argument("--nattack_population", type=_int, default=d["nattack_population"],
-                 metavar="P")
+                 metavar="P",
+                 help=f"NAttack candidates per iteration (default {d['nattack_population']}); "
+                      f"{budget}")
   g.add_argument("--nattack_iterations", type=_int, default=d["nattack_iterations"],
-                 metavar="T")
+                 metavar="T",
+                 help=f"NAttack iterations (default {d['nattack_iterations']}); {budget}")
+  g.add_argument("--nattack_n", type=_int, default=d["nattack_n"], metavar="N",
+                 help="Monte-Carlo samples of each NAttack query (one smoothed prediction; also "
+                      "autoattack_rand's judge); 0 (default): the smallest --n >= 8, else the "
+                      "largest --n. The attacked images are scored afresh at every --n")
+  g.add_argument("--nattack_confirm", type=_int, default=d["nattack_confirm"], metavar="C",
+                 help="NAttack counts a misclassified candidate as a success only if C fresh "
+                      f"re-queries all misclassify it too (default {d['nattack_confirm']}); "
+                      "otherwise it keeps searching. 0: the first misclassified query stops")
   g.add_argument("--sanity_checks", type=_bool, nargs="?", const=True,
                  default=d["sanity_checks"],
                  help="run the gradient-masking checks of smoothjax.attacks (large eps, more "
@@ -221,7 +236,8 @@ def settings_from_args(args: argparse.Namespace):
                  else evaluation.parse_float(args.step_size, name="step_size")),
       attack_samples=args.attack_samples, restarts=args.restarts,
       source_checkpoint=args.source_checkpoint, nattack_population=args.nattack_population,
-      nattack_iterations=args.nattack_iterations, sanity_checks=args.sanity_checks,
+      nattack_iterations=args.nattack_iterations, nattack_n=args.nattack_n,
+      nattack_confirm=args.nattack_confirm, sanity_checks=args.sanity_checks,
       sanity_nattack=args.sanity_nattack, apgd_preset=args.apgd_preset,
       fixed_noise=args.fixed_noise, final_draws=args.final_draws,
       workdir=args.workdir, progress=args.progress)
