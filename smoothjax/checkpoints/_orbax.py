@@ -507,8 +507,11 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
       ``model_config``: then ``num_classes`` and the shortcut come from its arrays and the
       normalisation, unless given, is the reference's); must agree with a smoothjax checkpoint's
       recorded architecture, and with the depth of a PyTorch file.
-    noise: the model's noise spec. PyTorch files and checkpoints without ``model_config``:
-      default ``"none"``. smoothjax checkpoints record their noise; a given spec must agree.
+    noise: the model's noise spec. Checkpoints without ``model_config`` and Cohen-format files:
+      default ``"none"``; the other PyTorch files: default their weight-noise parameters (the
+      reference's PNI ``alpha``, CNI ``alphad_w`` / ``alphaf_w``; ``"none"`` without any), with
+      which a given spec must agree. smoothjax checkpoints record their noise; a given spec must
+      agree.
     normalization: ``"auto"`` (recorded in smoothjax checkpoints; from the family for PyTorch
       files; ``cohen`` for Cohen-format files) or an override (see :func:`parse_normalization`;
       Cohen-format files also take ``"cohen"`` / ``"smoothadv"``).
@@ -538,7 +541,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
           p, arch=arch, noise="none" if noise is None else noise,
           normalization="cohen" if _is_auto(normalization) else normalization,
           num_classes=num_classes)
-    return model_from_torch(p, arch=arch, noise="none" if noise is None else noise,
+    return model_from_torch(p, arch=arch, noise=noise,
                             normalization=normalization, num_classes=num_classes)
   step_dir, s = _resolve_step_dir(p.absolute(), step)
   meta = _restore_items(step_dir, want_model=False)["meta"]
