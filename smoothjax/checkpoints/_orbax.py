@@ -11,6 +11,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -320,6 +321,24 @@ class TrainCheckpointer:
                          want_train=want_train)
     train = out["train"] if want_train else train_state_target
     return (_fill_target(model_state_target, out["model"]), train, out["meta"])
+
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves checkpoint ``step`` (a damaged one) out of ``checkpoints/`` into ``damaged/``.
+
+    Returns:
+      Its new directory, ``workdir/damaged/<step>`` (``<step>-1``, ... if that exists).
+    """
+    self.wait_until_finished()
+    src = pathlib.Path(self._mgr.directory) / str(int(step))
+    dst = self.workdir / "damaged" / str(int(step))
+    i = 0
+    while dst.exists():
+      i += 1
+      dst = self.workdir / "damaged" / f"{int(step)}-{i}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+    self._mgr.reload()
+    return dst
 
   def wait_until_finished(self) -> None:
     """Blocks until every pending asynchronous save is on disk."""
