@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fractions
 import os
 import pathlib
+import sys
 import tempfile
+import traceback
 from typing import IO, Any, Iterator, Mapping
 
 import jax
@@ -51,6 +54,41 @@ def first_line(e: BaseException) -> str:
   """The first line of an exception's message (its type name when the message is empty)."""
   text = str(e).strip()
   return text.splitlines()[0] if text else type(e).__name__
+
+
+def print_error_details(e: BaseException, file: IO | None = None) -> None:
+  """Prints ``e``'s full traceback and cause chain, a context hidden by ``from None`` included.
+
+  What the command lines print after their one-line error with ``--verbose``.
+  """
+  file = sys.stderr if file is None else file
+  traceback.print_exception(type(e), e, e.__traceback__, file=file)
+  hidden = e.__context__ if e.__suppress_context__ else None
+  if hidden is not None:
+    print("\nthe error above replaced:", file=file)
+    traceback.print_exception(type(hidden), hidden, hidden.__traceback__, file=file)
+
+
+def _call_soon_threadsafe_unless_closed(self, callback, *args, **kw):
+  if self.is_closed():
+    return None  # the loop is gone: its callback could never run
+  return _ORIGINAL_CALL_SOON_THREADSAFE(self, callback, *args, **kw)
+
+
+_ORIGINAL_CALL_SOON_THREADSAFE = asyncio.BaseEventLoop.call_soon_threadsafe
+
+
+def quiet_closed_event_loops() -> None:
+  """Drops callbacks scheduled on a closed asyncio event loop instead of raising.
+
+  When orbax's restore of a damaged checkpoint fails on one array, its event loop closes while
+  TensorStore is still reading the others; each of those reads then completes on a TensorStore
+  thread by calling ``loop.call_soon_threadsafe``, whose ``RuntimeError('Event loop is closed')``
+  TensorStore prints as a traceback (hundreds of lines, at any time afterwards). The callbacks
+  could never run; the command lines install this (unless ``--verbose``) so that a damaged
+  checkpoint gives their one-line error only. Process-wide; idempotent.
+  """
+  asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe_unless_closed
 
 
 def parse_fraction(text: str) -> float:

@@ -409,3 +409,29 @@ def test_real_checkpoint_detection(siam_resnet20, akamaster_dir):
     checkpoints.load_model(akamaster_dir / "resnet20-12fca82f.th", arch="resnet56")
   with pytest.raises(CheckpointError, match="supports|ResNet|wrn"):
     checkpoints.model_from_torch(siam_resnet20, arch="wrn28_4")
+
+
+def test_quiet_closed_event_loops(monkeypatch):
+  """A callback for a closed loop (TensorStore's late reads after orbax's failed restore) is
+  dropped instead of raising; open loops still run theirs."""
+  import asyncio
+
+  from smoothjax import _utils
+
+  monkeypatch.setattr(asyncio.BaseEventLoop, "call_soon_threadsafe",
+                      asyncio.BaseEventLoop.call_soon_threadsafe)  # undone after the test
+  closed = asyncio.new_event_loop()
+  closed.close()
+  with pytest.raises(RuntimeError, match="Event loop is closed"):
+    closed.call_soon_threadsafe(print)
+  _utils.quiet_closed_event_loops()
+  assert closed.call_soon_threadsafe(print) is None
+  ran = []
+  loop = asyncio.new_event_loop()
+  try:
+    loop.call_soon_threadsafe(ran.append, 1)
+    loop.call_soon_threadsafe(loop.stop)
+    loop.run_forever()
+  finally:
+    loop.close()
+  assert ran == [1]

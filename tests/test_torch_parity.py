@@ -136,3 +136,94 @@ def test_noisy_import_keeps_noise_init_and_clean_parity():
   x = np.random.default_rng(1).uniform(size=(4, 32, 32, 3)).astype(np.float32)
   ref = torch_models.logits_nhwc(ref_model, x)
   np.testing.assert_allclose(np.asarray(model(x, noise=False)), ref, rtol=0, atol=ATOL)
+
+
+def _recording_normal(monkeypatch):
+  """Patches ``jax.random.normal`` to record every draw (forward order of an eager pass)."""
+  draws, normal = [], jax.random.normal
+
+  def record(key, shape=(), dtype=float):
+    out = normal(key, shape, dtype)
+    draws.append(np.asarray(out))
+    return out
+
+  monkeypatch.setattr(jax.random, "normal", record)
+  return draws
+
+
+def _as_torch_draw(d):
+  """A JAX draw in PyTorch's layout: HWIO -> OIHW, (in, out) -> (out, in); 1-D as it is."""
+  if d.ndim == 4:
+    d = d.transpose(3, 2, 0, 1)
+  elif d.ndim == 2:
+    d = d.T
+  return torch.from_numpy(np.array(d))  # a writable copy
+
+
+@pytest.mark.parametrize("noise,granularity", [("pni", "element"), ("pni", "layer"),
+                                               ("pni", "channel"), ("cni", "element")])
+def test_noisy_reference_import_same_logits_for_the_same_draws(noise, granularity, monkeypatch):
+  """The reference's PNI ``alpha`` / CNI ``alphad_w``, ``alphaf_w`` (random values: a wrong
+  transposition or row permutation changes the logits) give PyTorch's logits when both sides
+  use the same standard-normal draws, permuted to each side's layout."""
+  tm = _randomised_torch_model(20, 10, "reference", "B", seed=7)
+  noisy = torch_models.CifarResNetTorch(20, 10, family="reference", noise=noise,
+                                        pni_granularity=granularity, rank=3)
+  g = torch.Generator().manual_seed(8)
+  sd = {k: v for k, v in tm.state_dict().items() if k not in ("mean", "std")}
+  for name, t in noisy.state_dict().items():
+    if name.endswith(".alpha"):
+      sd[name] = 0.1 + 0.4 * torch.rand(t.shape, generator=g)
+    elif name.endswith(".alphad_w"):
+      # |.| is taken: signs allowed. Away from 0, where the reference's sqrt(|.| + 1e-8)
+      # differs from sqrt(|.|) by up to 1e-4 per weight.
+      sign = torch.where(torch.rand(t.shape, generator=g) < 0.5, -1.0, 1.0)
+      sd[name] = sign * (0.02 + 0.05 * torch.rand(t.shape, generator=g))
+    elif name.endswith(".alphaf_w"):
+      sd[name] = 0.003 * torch.randn(t.shape, generator=g)
+  model, info = checkpoints.model_from_torch(sd)
+  cfg = model.config.noise
+  assert cfg.weight == noise and info["model_config"]["noise"]["weight"] == noise
+  if noise == "pni":
+    assert cfg.pni_granularity == granularity
+  else:
+    assert (cfg.cni_rank, cfg.cni_head_pni) == (3, True)
+  ref_model = torch_models.load_torch_model(
+      sd, depth=20, family="reference", mean=model.config.mean, std=model.config.std,
+      noise=noise, pni_granularity=granularity, rank=3)
+  x = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  draws = _recording_normal(monkeypatch)
+  got = np.asarray(model(x, key=jax.random.key(3)))
+  monkeypatch.undo()
+  # conv1, 9 blocks x 2 convs, 2 shortcuts, head; CNI convs draw n_d and n_f.
+  assert len(draws) == (2 * 21 + 1 if noise == "cni" else 22)
+  queue = [_as_torch_draw(d) for d in draws]
+  ref_model.set_draws(lambda shape: queue.pop(0).reshape(shape))
+  ref = torch_models.logits_nhwc(ref_model, x)
+  assert not queue
+  clean = np.asarray(model(x, noise=False))
+  assert np.abs(got - clean).max() > 0.05  # the noise matters at this tolerance
+  np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
+
+
+def test_noisy_reference_import_errors_stay_clear():
+  tm = torch_models.CifarResNetTorch(20, 10, family="reference", noise="cni")
+  sd = {k: v for k, v in tm.state_dict().items() if k not in ("mean", "std")}
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"holds cni_w noise parameters .*noise='pni_w'"):
+    checkpoints.model_from_torch(sd, noise="pni_w")
+  model, _ = checkpoints.model_from_torch(sd, noise="cni_w")  # agrees with the file
+  assert model.config.noise.weight == "cni"
+  # The reference's activation noise (alphad_i, alphaf_i) is not a smoothjax layer.
+  extra = dict(sd, **{"layer1.0.conv1.alphad_i": torch.ones(16 * 32 * 32)})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"unexpected parameters.*layer1.0.conv1.alphad_i"):
+    checkpoints.model_from_torch(extra)
+  missing = {k: v for k, v in sd.items() if k != "layer2.0.downsample.0.alphaf_w"}
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"'layer2.0.downsample.0.alphaf_w' is missing"):
+    checkpoints.model_from_torch(missing)
+  pni = torch_models.CifarResNetTorch(20, 10, family="reference", noise="pni").state_dict()
+  mixed = dict(sd, **{"layer1.0.conv1.alpha": pni["layer1.0.conv1.alpha"]})
+  with pytest.raises(checkpoints.CheckpointError, match="mixes PNI .* and CNI"):
+    checkpoints.model_from_torch(mixed)

@@ -184,3 +184,60 @@ def test_every_preset_is_documented_and_valid():
   # The config argument picks the dataset of the WRN presets.
   c = parse_flags(["--config=train/configs/wrn34_10_pni_w.py:cifar100", "--workdir=/tmp/u"])
   assert c.config.data.dataset == "cifar100" and c.config.model.arch == "wrn34_10"
+
+
+def _damage(step_dir: pathlib.Path) -> None:
+  """Flips the first bytes of every orbax data file of a checkpoint (its arrays unreadable)."""
+  files = list(step_dir.glob("*/ocdbt.process_0/d/*"))
+  assert files, step_dir
+  for f in files:
+    b = bytearray(f.read_bytes())
+    b[:16] = bytes(x ^ 0xFF for x in b[:16])
+    f.write_bytes(bytes(b))
+
+
+def _not_logs(err: str) -> list[str]:
+  return [l for l in err.splitlines() if l.strip() and not l.startswith("[train] ")]
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_one_line_and_fallback(tmp_path):
+  """A damaged latest checkpoint: evaluate exits 2 with one line; train resumes from the newest
+  intact one (one warning line), and exits 2 with one line when none is intact."""
+  wd, cache = tmp_path / "wd", tmp_path / "jax_cache"
+  first = _run(TINY + [f"--workdir={wd}", "--config.train.num_steps=6"], cache)
+  _, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  assert checkpoints.TrainCheckpointer(wd, keep=2).all_steps() == [3, 6]
+  _damage(wd / "checkpoints" / "6")
+
+  npz = tmp_path / "x.npz"
+  np.savez(npz, x_test=np.zeros((2, 32, 32, 3), np.uint8), y_test=np.zeros(2, np.int64))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  ev = subprocess.run([sys.executable, "-m", "evaluate", f"--checkpoint={wd}",
+                       f"--dataset=npz:{npz}", "--n=1", f"--workdir={tmp_path / 'ev'}"],
+                      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert ev.returncode == 2
+  assert len(ev.stderr.strip().splitlines()) == 1, ev.stderr[:3000]
+  assert "checkpoints/6 is corrupt" in ev.stderr and not (tmp_path / "ev").exists()
+
+  resumed = _run(TINY + [f"--workdir={wd}", "--config.train.num_steps=9"], cache)
+  _, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  warnings = [l for l in err.splitlines() if "warning: checkpoint 6 is damaged" in l]
+  assert len(warnings) == 1 and "step 3" in warnings[0], err
+  assert f"resuming from {wd / 'checkpoints' / '3'} (step 3)" in err
+  assert not _not_logs(err), err[:3000]
+  assert (wd / "damaged" / "6" / "model").is_dir()
+  assert checkpoints.TrainCheckpointer(wd, keep=2).all_steps() == [6, 9]
+  steps = [r["step"] for r in metrics_lib.read_metrics(wd) if r["split"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 9
+
+  for step in (6, 9):
+    _damage(wd / "checkpoints" / str(step))
+  failed = _run(TINY + [f"--workdir={wd}", "--config.train.num_steps=12"], cache)
+  _, err = failed.communicate(timeout=300)
+  assert failed.returncode == 2
+  lines = _not_logs(err)
+  assert len(lines) == 1 and lines[0].startswith("python -m train: no intact checkpoint"), err
+  assert "step 9:" in lines[0] and "step 6:" in lines[0]

@@ -17,6 +17,8 @@ Two kinds of files are read:
   ``weights_only=False``. :func:`model_from_torch` detects the family, depth, shortcut and number
   of classes from the state dict and converts the layouts (conv OIHW -> HWIO, linear
   (out, in) -> (in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var).
+  The reference's noisy models come with their noise: PNI-W ``alpha`` and CNI-W ``alphad_w`` /
+  ``alphaf_w`` (over the flattened OIHW weight, permuted to the HWIO kernel's order).
 * **orbax checkpoints** written by smoothjax. A train workdir looks like::
 
     workdir/config.json             # written by the trainer

@@ -11,6 +11,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -321,6 +322,24 @@ class TrainCheckpointer:
     train = out["train"] if want_train else train_state_target
     return (_fill_target(model_state_target, out["model"]), train, out["meta"])
 
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves checkpoint ``step`` (a damaged one) out of ``checkpoints/`` into ``damaged/``.
+
+    Returns:
+      Its new directory, ``workdir/damaged/<step>`` (``<step>-1``, ... if that exists).
+    """
+    self.wait_until_finished()
+    src = pathlib.Path(self._mgr.directory) / str(int(step))
+    dst = self.workdir / "damaged" / str(int(step))
+    i = 0
+    while dst.exists():
+      i += 1
+      dst = self.workdir / "damaged" / f"{int(step)}-{i}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+    self._mgr.reload()
+    return dst
+
   def wait_until_finished(self) -> None:
     """Blocks until every pending asynchronous save is on disk."""
     self._mgr.wait_until_finished()
@@ -507,8 +526,11 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
       ``model_config``: then ``num_classes`` and the shortcut come from its arrays and the
       normalisation, unless given, is the reference's); must agree with a smoothjax checkpoint's
       recorded architecture, and with the depth of a PyTorch file.
-    noise: the model's noise spec. PyTorch files and checkpoints without ``model_config``:
-      default ``"none"``. smoothjax checkpoints record their noise; a given spec must agree.
+    noise: the model's noise spec. Checkpoints without ``model_config`` and Cohen-format files:
+      default ``"none"``; the other PyTorch files: default their weight-noise parameters (the
+      reference's PNI ``alpha``, CNI ``alphad_w`` / ``alphaf_w``; ``"none"`` without any), with
+      which a given spec must agree. smoothjax checkpoints record their noise; a given spec must
+      agree.
     normalization: ``"auto"`` (recorded in smoothjax checkpoints; from the family for PyTorch
       files; ``cohen`` for Cohen-format files) or an override (see :func:`parse_normalization`;
       Cohen-format files also take ``"cohen"`` / ``"smoothadv"``).
@@ -538,7 +560,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, noise: Any =
           p, arch=arch, noise="none" if noise is None else noise,
           normalization="cohen" if _is_auto(normalization) else normalization,
           num_classes=num_classes)
-    return model_from_torch(p, arch=arch, noise="none" if noise is None else noise,
+    return model_from_torch(p, arch=arch, noise=noise,
                             normalization=normalization, num_classes=num_classes)
   step_dir, s = _resolve_step_dir(p.absolute(), step)
   meta = _restore_items(step_dir, want_model=False)["meta"]

@@ -18,6 +18,7 @@ from flax import nnx
 from flax import traverse_util
 
 from smoothjax import models as models_lib
+from smoothjax import noise as noise_lib
 from smoothjax.checkpoints._common import (CheckpointError, _abstract_model,
                                            _initial_values, _is_auto, parse_normalization)
 
@@ -161,20 +162,138 @@ def _torch_layout(n: int, shortcut: str, head: str, sc_name: str):
   return out
 
 
-def _to_flax(kind: str, w: np.ndarray) -> np.ndarray:
-  if kind == "conv":
-    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
-  if kind == "linear":
+# The reference's noise parameters of a layer (PyTorch name suffix, smoothjax variable, kind).
+_PNI_PARAMS = (("alpha", "alpha", "pni"),)
+_CNI_PARAMS = (("alphad_w", "alpha_d", "cni_diag"), ("alphaf_w", "factor", "cni_factor"))
+_NOISE_SUFFIXES = tuple(f".{t}" for t, _, _ in _PNI_PARAMS + _CNI_PARAMS)
+
+
+def _noise_layout(layout, noise: noise_lib.NoiseConfig, head: str):
+  """The entries of the weight-noise parameters of ``layout``'s convs and head.
+
+  The reference's noisy layers hold their noise beside the weight: PNI ``<layer>.alpha`` (the
+  weight's shape), CNI ``<layer>.alphad_w`` (the flattened weight) and ``<layer>.alphaf_w``
+  (``(1, numel(W), r)``); its CNI models keep PNI ``alpha`` on the head.
+  """
+  out = []
+  for name, fpath, kind in layout:
+    if kind not in ("conv", "linear"):
+      continue
+    is_head = name == f"{head}.weight"
+    weight = noise.weight
+    if is_head and weight == "cni":
+      weight = "pni" if noise.cni_head_pni else None
+    params = {"pni": _PNI_PARAMS, "cni": _CNI_PARAMS}.get(weight, ())
+    for suffix, var, nkind in params:
+      out.append((name[:-len("weight")] + suffix, fpath[:-1] + ("weight_noise", var),
+                  f"{nkind}_{kind}" if nkind == "pni" else nkind))
+  return out
+
+
+def _file_noise(sd: Mapping[str, np.ndarray], head: str) -> noise_lib.NoiseConfig | None:
+  """The weight noise a reference state dict carries (``None``: no noise parameters).
+
+  PNI: ``alpha`` of a layer's weight shape is element-wise (the reference), of one value
+  layer-wise, of shape ``(out, 1, ...)`` channel-wise (He et al.'s variants). CNI: the rank is
+  ``alphaf_w.shape[-1]``, and the head keeps PNI when it has an ``alpha``.
+
+  Raises:
+    CheckpointError: PNI and CNI parameters mixed, or PNI granularities mixed.
+  """
+  pni = [k[:-len(".alpha")] for k in sd if k.endswith(".alpha")]
+  cni = [k[:-len(".alphaf_w")] for k in sd if k.endswith(".alphaf_w")]
+  if not pni and not cni and not any(k.endswith(".alphad_w") for k in sd):
+    return None
+  if cni or any(k.endswith(".alphad_w") for k in sd):
+    if any(p != head for p in pni):
+      raise CheckpointError(
+          "checkpoint mixes PNI ('alpha') and CNI ('alphad_w', 'alphaf_w') weight noise on its "
+          f"convolutions (e.g. {next(p for p in pni if p != head)}.alpha)")
+    factors = sd.get(f"{cni[0]}.alphaf_w") if cni else None
+    rank = int(factors.shape[-1]) if factors is not None and factors.ndim == 3 else 5
+    head_pni = head in pni
+    if head_pni:
+      _pni_granularity(sd, head, want="element")
+    return noise_lib.NoiseConfig(weight="cni", cni_rank=rank, cni_head_pni=head_pni)
+  granularities = {p: _pni_granularity(sd, p) for p in pni}
+  kinds = sorted(set(granularities.values()))
+  if len(kinds) > 1:
+    example = ", ".join(f"{p}: {granularities[p]}" for p in sorted(granularities)[:4])
+    raise CheckpointError(f"checkpoint mixes PNI granularities {kinds} ({example}); smoothjax "
+                          "models use one granularity for every layer")
+  return noise_lib.NoiseConfig(weight="pni", pni_granularity=kinds[0])
+
+
+def _pni_granularity(sd, layer: str, want: str | None = None) -> str:
+  """``element`` / ``layer`` / ``channel`` from the shape of ``layer.alpha`` vs its weight."""
+  alpha, weight = sd[f"{layer}.alpha"], sd.get(f"{layer}.weight")
+  ashape, wshape = tuple(alpha.shape), tuple(getattr(weight, "shape", ()))
+  if ashape == wshape and alpha.size > 1:
+    found = "element"
+  elif alpha.size == 1:
+    found = "layer"
+  elif wshape and ashape in ((wshape[0],), (wshape[0],) + (1,) * (len(wshape) - 1)):
+    found = "channel"
+  else:
+    raise CheckpointError(f"'{layer}.alpha' has shape {ashape}, which fits no PNI granularity "
+                          f"of its weight of shape {wshape}")
+  if want is not None and found != want:
+    raise CheckpointError(f"'{layer}.alpha' is {found}-wise, expected {want}-wise PNI")
+  return found
+
+
+def _merge_noise(requested: Any, found: noise_lib.NoiseConfig | None):
+  """The model's noise: the file's when ``requested`` is ``None``, else ``requested`` if it fits."""
+  if requested is None:
+    return found or "none"
+  if found is None:
+    return requested
+  try:
+    want = (requested if isinstance(requested, noise_lib.NoiseConfig)
+            else noise_lib.parse_noise(requested))
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
+  fields = ("weight", "pni_granularity") if found.weight == "pni" else (
+      "weight", "cni_rank", "cni_head_pni")
+  if any(getattr(want, f) != getattr(found, f) for f in fields):
+    def describe(c):
+      return ", ".join(f"{f}={getattr(c, f)!r}" for f in fields)
+    raise CheckpointError(
+        f"checkpoint holds {found.spec} noise parameters ({describe(found)}), but noise="
+        f"{want.spec!r} ({describe(want)}) was requested")
+  return want
+
+
+def _oihw_rows_to_hwio(rows: np.ndarray, kernel_shape: tuple[int, ...]) -> np.ndarray:
+  """Reorders the rows of ``rows`` (one per weight, PyTorch's flattened OIHW order) to the
+  flattened order of smoothjax's HWIO kernel of shape ``kernel_shape``."""
+  h, w, i, o = kernel_shape
+  order = np.arange(h * w * i * o).reshape(o, i, h, w).transpose(2, 3, 1, 0).reshape(-1)
+  return rows[order]
+
+
+def _to_flax(kind: str, w: np.ndarray, flax_shape: tuple[int, ...]) -> np.ndarray:
+  """A PyTorch array of the layout ``kind`` as the smoothjax variable of shape ``flax_shape``."""
+  if kind in ("conv", "pni_conv"):
+    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO (PNI alpha: element or channel-wise)
+  if kind in ("linear", "pni_linear"):
     return w.T  # (out, in) -> (in, out)
+  if kind == "cni_diag":  # alpha_d over the flattened OIHW weight -> the HWIO kernel's shape
+    h, kw, i, o = flax_shape
+    return np.transpose(w.reshape(o, i, h, kw), (2, 3, 1, 0))
   return w
 
 
 def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if kind == "conv":
+  if kind in ("conv", "pni_conv"):
     h, w, i, o = flax_shape
     return (o, i, h, w)
-  if kind == "linear":
+  if kind in ("linear", "pni_linear"):
     return tuple(reversed(flax_shape))
+  if kind == "cni_diag":
+    return (int(np.prod(flax_shape)),)
+  if kind == "cni_factor":
+    return (1,) + tuple(flax_shape)
   return tuple(flax_shape)
 
 
@@ -193,20 +312,34 @@ def _blocks_per_stage(sd: Mapping[str, Any]) -> int:
 
 
 def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], *,
-                     arch: str | None = None, noise: Any = "none",
+                     arch: str | None = None, noise: Any = None,
                      normalization: Any = "auto", num_classes: int | None = None,
                      key: jax.Array | int = 0) -> tuple[nnx.Module, dict]:
   """Builds a smoothjax CIFAR ResNet holding the weights of a PyTorch checkpoint.
 
   The family (reference / akamaster), shortcut (B if the file has projection shortcuts, else A),
   depth (from the number of blocks per stage) and number of classes (from the head) come from the
-  state dict. Noise parameters of a noisy ``noise`` keep their initial values.
+  state dict, and so does the weight noise of the reference implementation's noisy models:
+
+  * PNI-W (He et al. 2019): ``<layer>.alpha`` of the weight's shape (element-wise, the
+    reference's choice; also one value: layer-wise, ``(out, 1, 1, 1)``: channel-wise), on every
+    conv and the head; transposed to smoothjax's kernel layout as the weights are.
+  * CNI-W (Zheltonozhskii et al. 2020): ``<layer>.alphad_w`` (``numel(W)``) and
+    ``<layer>.alphaf_w`` (``(1, numel(W), r)``) over PyTorch's flattened OIHW weight, on every
+    conv; their entries are permuted to the flattened order of the HWIO kernel (``alpha_d``
+    takes the kernel's shape), so that the same standard-normal draws, permuted alike, give the
+    same weight sample. The head keeps element-wise PNI ``alpha``, as in the reference.
+
+  Noise parameters that the file does not hold (e.g. PNI-A, or all of them for a plain file
+  loaded into a noisy model) keep their initial values.
 
   Args:
     path_or_state_dict: a PyTorch file (read with :func:`load_torch_state_dict`) or a state dict
       (``{name: array or tensor}``, with or without the ``module.`` prefix).
     arch: ``resnet20`` ... ``resnet110``; default: inferred. If given, it must match the file.
-    noise: the model's noise (:class:`smoothjax.noise.NoiseConfig` or a ``--noise`` spec).
+    noise: the model's noise (:class:`smoothjax.noise.NoiseConfig` or a ``--noise`` spec);
+      default: the file's weight noise (``"none"`` for a file without noise parameters). It must
+      agree with the noise parameters of the file, if any.
     normalization: ``"auto"`` (the family's), or an override (see :func:`parse_normalization`).
     num_classes: default: the head's size. If given, it must match the file.
     key: PRNG key (or seed) of the initial values of the parameters not in the file (noise).
@@ -219,7 +352,9 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
 
   Raises:
     CheckpointError: unsafe or unreadable file, unknown layout, unexpected or missing parameters,
-      or a parameter whose shape does not fit the requested model (the message names the first).
+      or a parameter whose shape does not fit the requested model (the message names the first),
+      noise parameters the model cannot hold (mixed kinds or PNI granularities) or that
+      contradict ``noise``.
   """
   checkpoint = None
   torch_meta: dict = {}
@@ -259,12 +394,16 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
       raise CheckpointError(f"cannot infer num_classes: no 2-D '{head}.weight' in the checkpoint")
     num_classes = file_classes
   mean, std = parse_normalization(normalization, family)
+  found = _file_noise(sd, head)
+  noise = _merge_noise(noise, found)
   try:
     config = models_lib.ModelConfig(arch=inferred, num_classes=int(num_classes),
                                     shortcut=shortcut, noise=noise, mean=mean, std=std)
   except ValueError as e:
     raise CheckpointError(str(e)) from e
   layout = _torch_layout(n, shortcut, head, sc_name or "downsample")
+  if found is not None:
+    layout += _noise_layout(layout, config.noise, head)
   # Build without running the initialisers (an eager initialiser compiles for every shape: slow
   # on CPU); the variables that the file does not hold (noise scales) get their initial values.
   model = _abstract_model(config)
@@ -282,14 +421,21 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
   flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
   problems = []
   for name, fpath, kind in layout:
-    want = _torch_shape(kind, tuple(flat[fpath].shape))
-    if name not in sd:
+    target = tuple(flat[fpath].shape)
+    want = _torch_shape(kind, target)
+    value = sd.get(name)
+    if value is not None and kind.startswith("pni") and value.size == 1 == np.prod(want):
+      value = value.reshape(want)  # a layer-wise alpha, of shape (1,) in PyTorch
+    if value is None:
       problems.append(f"parameter '{name}' is missing from the checkpoint (expected shape {want})")
-    elif tuple(sd[name].shape) != want:
-      problems.append(f"parameter '{name}' has shape {tuple(sd[name].shape)} in the checkpoint, "
+    elif tuple(value.shape) != want:
+      problems.append(f"parameter '{name}' has shape {tuple(value.shape)} in the checkpoint, "
                       f"but {inferred} with {num_classes} classes expects {want}")
+    elif kind == "cni_factor":
+      kernel = tuple(flat[fpath[:-2] + ("kernel",)].shape)
+      flat[fpath] = np.asarray(_oihw_rows_to_hwio(value[0], kernel), np.float32)
     else:
-      flat[fpath] = np.asarray(_to_flax(kind, sd[name]), np.float32)
+      flat[fpath] = np.asarray(_to_flax(kind, value, target), np.float32)
   if problems:
     more = f" ({len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
     raise CheckpointError(f"checkpoint does not fit the model: {problems[0]}{more}")

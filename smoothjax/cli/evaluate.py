@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="results.json, results.csv, plots/*.png, certify.tsv, resume state")
   g.add_argument("--progress", type=_bool, nargs="?", const=True, default=d["progress"],
                  help="progress bars on stderr (default true)")
+  g.add_argument("--verbose", action="store_true",
+                 help="on an error, also print its full traceback and causes (and let "
+                      "libraries' background errors through)")
   return p
 
 
@@ -264,12 +267,18 @@ def main(argv=None) -> int:
     from smoothjax import quickstart  # pylint: disable=import-outside-toplevel
     return quickstart.main(argv)
   args = build_parser().parse_args(argv)
+  # pylint: disable-next=import-outside-toplevel
+  from smoothjax._utils import print_error_details, quiet_closed_event_loops
+  if not args.verbose:
+    quiet_closed_event_loops()
   from smoothjax import evaluation  # pylint: disable=import-outside-toplevel
   try:
     settings = settings_from_args(args)
     prepared = evaluation.prepare(settings)
   except evaluation.EvaluationError as e:
     print(f"evaluate: error: {e}", file=sys.stderr)
+    if args.verbose:
+      print_error_details(e)
     return 2
   s = prepared.settings
   info = prepared.info or {}

@@ -6,7 +6,9 @@ script: a thin command line over :func:`smoothjax.training.train_and_evaluate`: 
 from the workdir's latest checkpoint when rerun with the same command.
 
 Exit status: 0 on success; 1 when the loss became non-finite (the message names the last good
-checkpoint); 2 on bad input (one line on stderr naming the problem).
+checkpoint); 2 on bad input (one line on stderr naming the problem; ``--verbose`` adds the
+full traceback). Resuming from a damaged latest checkpoint falls back to the newest intact one
+(the damaged ones are moved to ``workdir/damaged/``, with a one-line warning each).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from smoothjax._utils import first_line
+from smoothjax._utils import first_line, print_error_details, quiet_closed_event_loops
 
 __all__ = ["main", "parse_flags"]
 
@@ -33,6 +35,8 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
                                   sys_argv=argv)
   flags.DEFINE_string("workdir", None, "the run's directory (checkpoints, config.json, "
                       "metrics.jsonl); rerun to resume", flag_values=fv)
+  flags.DEFINE_bool("verbose", False, "on an error, also print its full traceback and causes "
+                    "(and let libraries' background errors through)", flag_values=fv)
   flags.DEFINE_string("compilation_cache", _default_cache(), "JAX's persistent compilation "
                       "cache directory (reruns and resumed runs skip XLA compilation); '' to "
                       "disable", flag_values=fv)
@@ -70,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   from smoothjax import training  # pylint: disable=g-import-not-at-top
 
+  if not fv.verbose:
+    quiet_closed_event_loops()
   if fv.compilation_cache:
     _enable_compilation_cache(fv.compilation_cache)
 
@@ -80,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   except ValueError as e:  # DatasetError, CheckpointError and config errors are ValueErrors
     print(f"python -m train: {first_line(e)}", file=sys.stderr)
+    if fv.verbose:
+      print_error_details(e)
     return 2
   except KeyboardInterrupt:
     print("python -m train: interrupted; rerun the same command to resume", file=sys.stderr)

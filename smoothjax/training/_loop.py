@@ -31,7 +31,7 @@ from smoothjax import data as data_lib
 from smoothjax import metrics as metrics_lib
 from smoothjax import models as models_lib
 from smoothjax import smoothing
-from smoothjax._utils import atomic_write_text
+from smoothjax._utils import atomic_write_text, first_line
 from smoothjax._utils import config_value as _cfg_get
 from smoothjax.training._config import _check_config, load_training_data, model_config_from
 from smoothjax.training._objectives import Objective
@@ -184,18 +184,20 @@ def create_train_state(config: Any, data: _Data, *, key: jax.Array,
 
 
 def restore_checkpoint(checkpointer: ckpt_lib.TrainCheckpointer | str | os.PathLike,
-                       state: TrainState) -> dict:
+                       state: TrainState, step: int | None = None) -> dict:
   """Replaces ``state``'s model and optimiser state by a checkpoint's; returns its meta.
 
   Args:
-    checkpointer: the run's own checkpointer (its latest checkpoint), or the path of another
-      run's workdir or step directory (``config.resume_from``).
-    state: the freshly created train state (the structure to restore into).
+    checkpointer: the run's own checkpointer (its checkpoint ``step``, default the latest), or
+      the path of another run's workdir or step directory (``config.resume_from``).
+    state: the freshly created train state (the structure to restore into); left as it is when
+      the checkpoint cannot be read.
+    step: the step of the run's own checkpointer.
   """
   model = state.model()
   if isinstance(checkpointer, ckpt_lib.TrainCheckpointer):
     restored_model, state.opt, meta = checkpointer.restore(
-        model_state_target=ckpt_lib.model_state_dict(model), train_state_target=state.opt)
+        step, model_state_target=ckpt_lib.model_state_dict(model), train_state_target=state.opt)
   else:
     restored_model, state.opt, meta = ckpt_lib.restore_train_checkpoint(
         checkpointer, model_state_target=ckpt_lib.model_state_dict(model),
@@ -206,6 +208,36 @@ def restore_checkpoint(checkpointer: ckpt_lib.TrainCheckpointer | str | os.PathL
   _, params_s, rest_s = nnx.split(model, nnx.Param, ...)
   state.params, state.rest = nnx.to_pure_dict(params_s), nnx.to_pure_dict(rest_s)
   return meta
+
+
+def restore_newest_intact(checkpointer: ckpt_lib.TrainCheckpointer,
+                          state: TrainState) -> tuple[dict, int]:
+  """Restores the newest readable checkpoint of the run; damaged newer ones are set aside.
+
+  Each damaged checkpoint (a failed restore) is moved to ``workdir/damaged/`` (so that the run
+  saves its steps again) with a one-line warning.
+
+  Returns:
+    ``(meta, step)`` of the checkpoint restored.
+
+  Raises:
+    CheckpointError: no checkpoint of the run can be read (all are left in place).
+  """
+  failures = []
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      meta = restore_checkpoint(checkpointer, state, step)
+    except ckpt_lib.CheckpointError as e:
+      failures.append((step, e))
+      continue
+    for bad, e in failures:
+      moved = checkpointer.set_aside(bad)
+      _log(f"warning: checkpoint {bad} is damaged ({first_line(e)}); moved it to {moved}, "
+           f"resuming from the newest intact one, step {step}")
+    return meta, step
+  raise ckpt_lib.CheckpointError(
+      f"no intact checkpoint in {checkpointer.workdir / 'checkpoints'}: "
+      + "; ".join(f"step {s}: {first_line(e)}" for s, e in failures))
 
 
 def write_config(workdir: pathlib.Path, config: Any, *, resumed: bool) -> None:
@@ -473,7 +505,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *,
         "objective": dataclasses.asdict(objective)})
     resume_from = str(_cfg_get(config, "resume_from", "") or "")
     if latest is not None:
-      restored_meta = restore_checkpoint(checkpointer, state)
+      restored_meta, latest = restore_newest_intact(checkpointer, state)
     elif resume_from:
       restored_meta = restore_checkpoint(resume_from, state)
     else:
