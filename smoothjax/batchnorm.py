@@ -15,6 +15,12 @@ images; variance within draws plus between draws), layer by layer consistently, 
 eval-mode forward pass of a fresh draw sees correctly scaled activations. Every draw of the
 calibration normalises with the statistics pooled over all draws (one ``vmap`` over draws with
 a named axis), so each layer is calibrated on the inputs it will see at evaluation.
+
+Recalibration rescales, but cannot undo what a model trained with per-draw statistics learnt
+to rely on (its eval-mode accuracy stays far below the batch-statistics one after a CNI-W
+fine-tune). :func:`pooled_draws_forward` removes the cause: a training pass with several noise
+draws per batch whose BatchNorm statistics are pooled over all draws, so that training
+normalises as evaluation does (``objective.noise_draws`` of :class:`smoothjax.training.Objective`).
 """
 
 from __future__ import annotations
