@@ -237,7 +237,8 @@ def lossless(request):
     "0.132. The training options objective.noise_draws (BatchNorm pooled over draws) and "
     "train_bn='frozen' do not close it yet: noisy lr 0.01, 60 steps: one draw batch 0.265 / "
     "eval 0.208; 8 draws 0.316 / 0.181; frozen 0.080 / 0.080 (diverges). ResNet-20, 100 "
-    "fast-AT steps: one draw eval 0.334 / batch 0.431; 8 draws 0.292 / 0.426."))
+    "fast-AT steps: one draw eval 0.334 / batch 0.431; 8 draws 0.292 / 0.426; frozen, clip "
+    "0.05, 40 steps: eval 0.234."))
 @pytest.mark.parametrize("f_dist", ["normal", "constant"])
 def test_eval_mode_tracks_batch_statistics_after_noisy_fine_tune(lossless, f_dist):
   """Eval-mode accuracy of a CNI-W model after a short noisy fine-tune ~ batch-stat accuracy.

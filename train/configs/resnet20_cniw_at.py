@@ -31,7 +31,9 @@ eval 0.334, pooled 0.296, batch 0.431, noise off 0.452. So at this length neithe
 and 8 draws does not yet give a better eval-mode model; its training-mode numbers track the
 eval-mode ones (5 points apart against 10), which the logged train accuracy of a long run
 relies on. Learned scales after 100 steps barely move from their initial values (alpha_d
-mean 0.061, F rms 0.0106). Full-length result: not yet measured.
+mean 0.061, F rms 0.0106). Frozen BatchNorm (``train_bn=frozen``) diverged at lr 0.02 without
+clipping (NaN at step 16); with ``optim.clip_norm=0.05``: eval 0.234 after 40 steps, the noise
+scales unmoved. Full-length result: not yet measured.
 """
 
 from train.configs import resnet20_fast_at
