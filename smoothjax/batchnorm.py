@@ -15,6 +15,12 @@ images; variance within draws plus between draws), layer by layer consistently, 
 eval-mode forward pass of a fresh draw sees correctly scaled activations. Every draw of the
 calibration normalises with the statistics pooled over all draws (one ``vmap`` over draws with
 a named axis), so each layer is calibrated on the inputs it will see at evaluation.
+
+Recalibration rescales, but cannot undo what a model trained with per-draw statistics learnt
+to rely on (its eval-mode accuracy stays far below the batch-statistics one after a CNI-W
+fine-tune). :func:`pooled_draws_forward` removes the cause: a training pass with several noise
+draws per batch whose BatchNorm statistics are pooled over all draws, so that training
+normalises as evaluation does (``objective.noise_draws`` of :class:`smoothjax.training.Objective`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["draw_variance", "recalibrate"]
+__all__ = ["draw_variance", "recalibrate", "pooled_draws_forward"]
 
 _DRAWS = "noise_draws"
+
+
+def _batchnorms(model: nnx.Module):
+  return [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
 
 
 def _per_draw_stats_fn(model: nnx.Module, pooled: bool):
@@ -36,10 +46,9 @@ def _per_draw_stats_fn(model: nnx.Module, pooled: bool):
   (and every draw is normalised with them); else each draw normalises with its own.
   """
   calib = nnx.clone(model)
-  for _, m in nnx.iter_modules(calib):
-    if isinstance(m, nnx.BatchNorm):
-      m.momentum = 0.0  # the "running" statistics become this pass's batch statistics
-      m.axis_name = _DRAWS if pooled else None
+  for m in _batchnorms(calib):
+    m.momentum = 0.0  # the "running" statistics become this pass's batch statistics
+    m.axis_name = _DRAWS if pooled else None
   graphdef, state = nnx.split(calib)
 
   def one(key, x):
@@ -159,6 +168,56 @@ def recalibrate(model: nnx.Module, images, key: jax.Array, *, draws: int = 16,
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(out, state)
   return out
+
+
+def pooled_draws_forward(model: nnx.Module, x: jax.Array, *, key: jax.Array,
+                         draws: int) -> jax.Array:
+  """Training-mode forward pass with ``draws`` noise draws, BatchNorm pooled over all of them.
+
+  The batch is split into ``draws`` equal consecutive groups; group ``g`` runs with its own
+  noise draw, key ``fold_in(key, g)`` (weight, activation and input noise), and every
+  BatchNorm normalises all groups with the mean and variance of its input over the whole
+  batch, i.e. over the draws. Those statistics are what the running averages estimate and
+  what evaluation (one fresh draw, running statistics) normalises with, so a model trained
+  this way is trained under its evaluation-time normalisation. With one draw per batch (a
+  plain ``model(x, key=key, train=True)``) each draw's per-channel offsets are removed by the
+  batch statistics in training and by nothing at evaluation (see the module docstring).
+
+  ``model``'s running statistics are updated in place, once per call (momentum as usual).
+
+  Args:
+    model: a model with the smoothjax forward signature ``model(x, key=, train=)``.
+    x: a batch whose size is a multiple of ``draws``.
+    key: the pass's PRNG key.
+    draws: number of noise draws (groups), >= 1; ``1`` is the plain training-mode pass with
+      ``key`` itself (bit-identical to ``model(x, key=key, train=True)``).
+
+  Returns:
+    The logits of the batch, in ``x``'s order.
+  """
+  if draws < 1 or x.shape[0] % draws:
+    raise ValueError(f"the batch of {x.shape[0]} images does not split into {draws} noise "
+                     "draws (draws must be >= 1 and divide the batch size)")
+  if draws == 1:
+    return model(x, key=key, train=True)
+  bns = _batchnorms(model)
+  names = [m.axis_name for m in bns]
+  for m in bns:
+    m.axis_name = _DRAWS
+  graphdef, state = nnx.split(model)
+
+  def one(k, xg):
+    mdl = nnx.merge(graphdef, state, copy=True)
+    return mdl(xg, key=k, train=True), nnx.state(mdl, nnx.BatchStat)
+
+  keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(draws))
+  xs = x.reshape((draws, x.shape[0] // draws) + x.shape[1:])
+  logits, stats = jax.vmap(one, axis_name=_DRAWS)(keys, xs)
+  for m, name in zip(bns, names):
+    m.axis_name = name
+  # Pooled over the draws axis: every group computed the same running statistics.
+  nnx.update(model, jax.tree.map(lambda s: s[0], stats))
+  return logits.reshape((x.shape[0],) + logits.shape[2:])
 
 
 def _flat(tree) -> dict[tuple, jax.Array]:

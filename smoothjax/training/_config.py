@@ -80,7 +80,10 @@ def _check_config(config: Any) -> None:
     raise ValueError("train.best_metric='pgd_accuracy' needs train.val_pgd_examples > 0")
   if int(t.keep) < 1:
     raise ValueError(f"train.keep must be >= 1, got {t.keep}")
-  Objective.from_config(config.objective)
+  objective = Objective.from_config(config.objective)
+  if int(config.data.batch_size) % objective.noise_draws:
+    raise ValueError(f"objective.noise_draws={objective.noise_draws} must divide "
+                     f"data.batch_size={config.data.batch_size}")
   model_config_from(config.model)
   if (bool(_get(config, "init_required")) and not str(_get(config, "init_from"))
       and not str(_get(config, "resume_from", ""))):

@@ -23,9 +23,11 @@ import optax
 from flax import nnx
 
 from smoothjax import attacks
+from smoothjax import batchnorm
 from smoothjax._utils import config_value as _get
 
 OBJECTIVES = ("standard", "adversarial", "trades", "fast")
+TRAIN_BN = ("batch", "frozen")
 ATTACKS = ("pgd", "epgd", "smoothadv", "fgsm")
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,19 @@ class Objective:
       statistics; the running statistics the attack's forward pass would update are
       discarded), ``"eval"`` (running statistics), or ``"auto"``: ``"train"`` for ``"fast"``
       (Wong et al. craft their FGSM with the model in train mode), ``"eval"`` for the others
-      (Madry et al. and the reference craft PGD in eval mode).
+      (Madry et al. and the reference craft PGD in eval mode), and ``"eval"`` whenever
+      ``train_bn="frozen"`` (the model's only normalisation is then the running one).
+    train_bn: BatchNorm in the training passes: ``"batch"`` (batch statistics, running
+      statistics updated; the usual) or ``"frozen"`` (the running statistics, never updated,
+      as at evaluation; BatchNorm's scale and bias still train). Frozen BatchNorm is one
+      remedy for noisy fine-tunes whose eval-mode model fails (see ``noise_draws``).
+    noise_draws: noise draws per training pass (``train_bn="batch"``): the batch is split into
+      this many equal groups, each with its own weight/activation noise draw, and BatchNorm's
+      batch statistics are pooled over all groups
+      (:func:`smoothjax.batchnorm.pooled_draws_forward`). With 1 (the reference's one draw
+      per batch) BatchNorm removes each draw's per-channel offsets in training, which nothing
+      removes at evaluation: a CNI-W model (alpha_d = 0.0625) then predicts one class in eval
+      mode. Must divide ``data.batch_size``; forward passes cost the same FLOPs.
   """
 
   name: str = "standard"
@@ -65,10 +79,20 @@ class Objective:
   random_start: bool = True
   fixed_noise: bool = False
   attack_bn: str = "auto"
+  train_bn: str = "batch"
+  noise_draws: int = 1
 
   def __post_init__(self):
     if self.attack_bn not in ("auto", "train", "eval"):
       raise ValueError(f"objective.attack_bn must be auto, train or eval, got {self.attack_bn!r}")
+    if self.train_bn not in TRAIN_BN:
+      raise ValueError(f"objective.train_bn must be one of {', '.join(TRAIN_BN)}, got "
+                       f"{self.train_bn!r}")
+    if self.noise_draws < 1:
+      raise ValueError(f"objective.noise_draws must be >= 1, got {self.noise_draws}")
+    if self.noise_draws > 1 and self.train_bn == "frozen":
+      raise ValueError("objective.noise_draws > 1 pools BatchNorm's batch statistics; with "
+                       "train_bn='frozen' there are none: use one of them")
     if self.step_size == 0:  # frozen dataclass: resolve the default once, here
       if self.name == "fast":
         step = 1.25 * self.eps
@@ -109,7 +133,7 @@ class Objective:
   def attack_train_mode(self) -> bool:
     """Whether the examples are crafted with BatchNorm batch statistics (see ``attack_bn``)."""
     if self.attack_bn == "auto":
-      return self.name == "fast"
+      return self.name == "fast" and self.train_bn == "batch"
     return self.attack_bn == "train"
 
   @property
@@ -120,17 +144,29 @@ class Objective:
 
 
 def forward(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, *, key: jax.Array,
-            train: bool = False):
+            train: bool = False, objective: Objective | None = None):
   """Pure forward pass of a model split as ``nnx.split(model, nnx.Param, ...)``.
+
+  Args:
+    graphdef, params, rest: the model.
+    x: images in [0, 1].
+    key: the pass's PRNG key.
+    train: a training pass, as ``objective`` (default: :class:`Objective`'s) sets it up:
+      ``train_bn`` and ``noise_draws``.
+    objective: see ``train``.
 
   Returns:
     ``logits`` (``train=False``: BatchNorm running statistics) or ``(logits, new_rest)``
-    (``train=True``: batch statistics, running statistics updated in ``new_rest``).
+    (``train=True``: batch statistics pooled over ``objective.noise_draws`` draws, running
+    statistics updated in ``new_rest``; with ``train_bn="frozen"`` running statistics, ``rest``
+    unchanged).
   """
   model = nnx.merge(graphdef, params, rest)
-  logits = model(x, key=key, train=train)
-  if not train:
-    return logits
+  o = objective or Objective()
+  if not train or o.train_bn == "frozen":
+    logits = model(x, key=key, train=False)
+    return (logits, rest) if train else logits
+  logits = batchnorm.pooled_draws_forward(model, x, key=key, draws=o.noise_draws)
   _, _, new_rest = nnx.split(model, nnx.Param, ...)
   return logits, nnx.to_pure_dict(new_rest)
 
@@ -165,7 +201,7 @@ def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: A
 
   def logits_fn(xx, kk):
     if bn_train:
-      return forward(graphdef, params, rest, xx, key=kk, train=True)[0]
+      return forward(graphdef, params, rest, xx, key=kk, train=True, objective=objective)[0]
     return forward(graphdef, params, rest, xx, key=kk, train=False)
 
   o = objective
@@ -217,12 +253,12 @@ def objective_loss(objective: Objective, graphdef: nnx.GraphDef, params: Any, re
   if o.needs_adversary and x_adv is None:
     raise ValueError(f"objective {o.name!r} needs adversarial examples (x_adv)")
   if o.name == "standard":
-    logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True)
+    logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True, objective=o)
     loss = _ce(logits, y)
     aux["accuracy"] = _accuracy(logits, y)
   elif o.name == "trades":
-    logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True)
-    logits_adv, rest = forward(graphdef, params, rest, x_adv, key=k_adv, train=True)
+    logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True, objective=o)
+    logits_adv, rest = forward(graphdef, params, rest, x_adv, key=k_adv, train=True, objective=o)
     kl = _kl(logits, logits_adv)
     loss = _ce(logits, y) + o.beta * kl
     aux.update(accuracy=_accuracy(logits, y), adv_accuracy=_accuracy(logits_adv, y), kl=kl)
@@ -230,11 +266,11 @@ def objective_loss(objective: Objective, graphdef: nnx.GraphDef, params: Any, re
     w = 1.0 if o.name == "fast" else o.adv_weight
     loss = 0.0
     if w > 0:
-      logits_adv, rest = forward(graphdef, params, rest, x_adv, key=k_adv, train=True)
+      logits_adv, rest = forward(graphdef, params, rest, x_adv, key=k_adv, train=True, objective=o)
       loss = w * _ce(logits_adv, y)
       aux["adv_accuracy"] = _accuracy(logits_adv, y)
     if w < 1:
-      logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True)
+      logits, rest = forward(graphdef, params, rest, x, key=k_clean, train=True, objective=o)
       loss = loss + (1 - w) * _ce(logits, y)
       aux["accuracy"] = _accuracy(logits, y)
   return loss, (rest, aux)

@@ -40,7 +40,11 @@ Layout (override any field on the command line: ``--config.optim.lr=0.05``):
   FGSM from a random start, eps for plain FGSM, eps/4 otherwise), ``samples`` (EPGD /
   SmoothAdv m), ``adv_weight`` (w), ``beta`` (TRADES), ``random_start``, ``fixed_noise``,
   ``attack_bn`` (BatchNorm mode while crafting: auto = train for fast AT as Wong et al., eval
-  otherwise; train; eval).
+  otherwise, and eval with train_bn=frozen; train; eval), ``train_bn`` (BatchNorm in the
+  training passes: batch = batch statistics; frozen = the running statistics, never updated),
+  ``noise_draws`` (noise draws per training pass: the batch splits into that many groups, each
+  with its own noise draw, BatchNorm's statistics pooled over all of them; 1 = one draw per
+  batch, the reference's; must divide data.batch_size).
 * ``train``: ``epochs``, ``num_steps`` (> 0 overrides epochs), ``checkpoint_every_steps``,
   ``keep`` (last k checkpoints), ``eval_every_epochs``, ``val_n`` (noise draws of the smoothed
   validation accuracy, soft vote), ``val_limit`` (0: the whole validation split),
@@ -92,7 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict(dict(
       name="standard", attack="pgd", eps=8 / 255, steps=7, step_size=0.0, samples=8,
-      adv_weight=0.5, beta=6.0, random_start=True, fixed_noise=False, attack_bn="auto"))
+      adv_weight=0.5, beta=6.0, random_start=True, fixed_noise=False, attack_bn="auto",
+      train_bn="batch", noise_draws=1))
 
   c.train = ml_collections.ConfigDict(dict(
       epochs=400, num_steps=-1, checkpoint_every_steps=1000, keep=3, eval_every_epochs=1,

@@ -11,9 +11,11 @@ rank-5 F, the reference's scales alpha_d = 0.0625, F = 0.01, and element-wise PN
 final linear layer. F starts with random N(0, 0.01^2) entries (``cni_f_dist="normal"``): the
 reference's constant F (``--config.model.cni_f_dist=constant``) shifts every weight of a layer
 alike per draw, which BatchNorm's running statistics cannot follow (an eval-mode model that
-predicts one class). Open problem: the diagonal term at alpha_d = 0.0625 still gives each draw
-per-channel offsets that running statistics cannot follow; compare eval-mode with batch-statistics
-accuracy (``smoothjax.batchnorm``) before trusting a long run. alpha_d and F train without weight
+predicts one class). The diagonal term at alpha_d = 0.0625 still gives each draw
+per-channel offsets that BatchNorm's batch statistics remove in training and nothing removes at
+evaluation; ``--config.objective.noise_draws=8`` (8 draws per batch, BatchNorm statistics pooled
+over them) trains under the evaluation's normalisation (see ``resnet20_cniw_at.py``).
+alpha_d and F train without weight
 decay; the later CNI code's initialisation and "noise decay" are
 ``--config.model.cni_alpha_init=0.01
 --config.model.cni_f_init=1e-4 --config.optim.factor_decay=1e-3``.
