@@ -282,7 +282,7 @@ def test_apgd_ce_robust_accuracy_matches_torchattacks(siam_resnet20, lossless_np
   torchattacks (independent random starts) within 3 points of robust accuracy."""
   torch = pytest.importorskip("torch")
   torchattacks = pytest.importorskip("torchattacks")
-  import torch_models
+  import torch_reference
   torch.set_num_threads(2)
   data = np.load(lossless_npz)
   x = data["x_test"][:NUM_IMAGES].astype(np.float32) / 255
@@ -290,14 +290,14 @@ def test_apgd_ce_robust_accuracy_matches_torchattacks(siam_resnet20, lossless_np
   model, info = checkpoints.load_model(siam_resnet20)
   graphdef, state = nnx.split(model)
   fn = attacks.model_logits_fn(graphdef, state, noise=False)
-  tm = torch_models.load_torch_model(
+  tm = torch_reference.load_torch_model(
       checkpoints.load_torch_state_dict(siam_resnet20), depth=20, family=info["family"],
       mean=info["normalization"]["mean"], std=info["normalization"]["std"])
   for p in tm.parameters():
     p.requires_grad_(False)
 
   def acc_of(xa):
-    return float(np.mean(torch_models.logits_nhwc(tm, xa, 250).argmax(1) == y))
+    return float(np.mean(torch_reference.logits_nhwc(tm, xa, 250).argmax(1) == y))
 
   clean = acc_of(x)
   t0 = time.time()
