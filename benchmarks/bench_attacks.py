@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks._common import best_time, write_results
 from smoothjax import attacks
 from smoothjax import models
 
@@ -61,15 +62,6 @@ def _torch_attack(model, x, y, *, eps, steps, step_size, samples):
 # --------------------------------------------------------------------------------------------
 
 
-def _time(fn, reps):
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
 def bench_jax(logits_fn, x, y, *, name, steps, samples, unroll, reps):
   kw = dict(eps=EPS, steps=steps, step_size=EPS / 4, unroll=unroll)
   if samples == 1:
@@ -81,7 +73,7 @@ def bench_jax(logits_fn, x, y, *, name, steps, samples, unroll, reps):
   run(jax.random.key(0))
   first = time.perf_counter() - t
   counter = iter(range(1, 1000))
-  sec = _time(lambda: run(jax.random.key(next(counter))), reps)
+  sec = best_time(lambda: run(jax.random.key(next(counter))), reps)
   return {"attack": name, "framework": "jax", "steps": steps, "samples": samples,
           "unroll": unroll, "compile_plus_first_run_s": round(first, 3),
           "seconds": round(sec, 3), "images_per_s": round(len(x) / sec, 2)}
@@ -98,7 +90,7 @@ def bench_torch(model, x, y, *, name, steps, samples, reps, device):
       torch.cuda.synchronize()
 
   run()  # warm-up
-  sec = _time(run, reps)
+  sec = best_time(run, reps)
   return {"attack": name, "framework": "torch", "steps": steps, "samples": samples,
           "seconds": round(sec, 3), "images_per_s": round(len(x) / sec, 2),
           "threads": torch.get_num_threads()}
@@ -202,15 +194,13 @@ def main(argv=None):
       "rows": rows, "nattack": nat, "jax_over_torch_images_per_s": ratios,
   }
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
+  write_results(out, result)
   print("\nJAX / PyTorch images/s:")
   for k, v in ratios.items():
     print(f"  {k:24s} {v:6.2f}x")
   print(f"NAttack: population {pop} x {nat_images} images scored in one call per iteration: "
         f"{nat['population_traced_as_one_call']}; {nat['seconds_per_iteration']:.2f} s/iteration "
         f"({nat['image_forwards_per_s']:.0f} image-forwards/s)")
-  print(f"wrote {out}")
   return result
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import pathlib
@@ -50,6 +49,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from benchmarks._common import write_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -317,9 +318,7 @@ def main(argv=None):
   for i, r in enumerate(RADII):
     t_s = f"  torch {100 * res['torch']['certified_accuracy'][i]:5.1f}%" if "torch" in res else ""
     print(f"  radius {r:4.2f}: jax {100 * jacc[i]:5.1f}%{t_s}")
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(res, indent=1) + "\n")
-  print(f"wrote {out_path}")
+  write_results(out_path, res)
   return 0
 
 

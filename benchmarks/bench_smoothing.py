@@ -38,18 +38,15 @@ import time
 
 import numpy as np
 
+from benchmarks._common import best_time, write_results
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 RESNET20_MACS = 40.6e6  # multiply-adds per 32x32 image (convolutions + head)
 
 
 def _timeit(fn, *, repeats=1):
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
+  return best_time(fn, repeats)
 
 
 def bench_matmul(size: int) -> float:
@@ -259,9 +256,7 @@ def main(argv=None):
       log(f"peak RSS, n={r['n']:,} (1 image)", f"{r['peak_rss_mib']:.0f} MiB",
           f"{r['seconds']:.1f} s")
 
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(res, indent=1) + "\n")
-  print(f"wrote {out_path}")
+  write_results(out_path, res)
   return 0
 
 
