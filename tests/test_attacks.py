@@ -28,13 +28,13 @@ W, B = _linear()
 
 def clean_fn(x, key):
   del key
-  return x.reshape(x.shape[0], -1) @ W + B
+  return x.reshape(x.shape[0], -1) @ W + B[None]
 
 
 def noisy_fn(x, key):
   """Linear model with weight noise (one draw per forward pass, shared by the batch)."""
   w = W + 0.5 * jax.random.normal(jax.random.fold_in(key, 1), W.shape)
-  return x.reshape(x.shape[0], -1) @ w + B
+  return x.reshape(x.shape[0], -1) @ w + B[None]
 
 
 def inoisy_fn(x, key):
@@ -106,7 +106,7 @@ def test_pgd_finds_the_linear_optimum_linf():
   w2, b2 = _linear(seed=3, classes=2)
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   x = _images(16, seed=4)
   y = np.random.RandomState(5).randint(0, 2, 16)
@@ -126,7 +126,7 @@ def test_pgd_finds_the_linear_optimum_l2():
   w2, b2 = _linear(seed=3, classes=2)
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   x = 0.25 + 0.5 * _images(8, seed=6)  # far from the box: the L2 ball alone binds
   y = np.zeros(8, np.int64)
@@ -158,7 +158,7 @@ def test_accumulated_gradient_quirk():
   y2 = np.random.RandomState(5).randint(0, 2, len(X))
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   kw = dict(key=KEY, eps=0.05, steps=4, step_size=0.01)
   a = attacks.pgd(fn, X, y2, **kw)
@@ -401,7 +401,7 @@ def test_works_inside_a_callers_jit():
   # The trainer builds logits_fn from traced parameters inside its own jitted step.
   @jax.jit
   def step(w, x, y, key):
-    fn = lambda xv, k: xv.reshape(xv.shape[0], -1) @ w + B
+    fn = lambda xv, k: xv.reshape(xv.shape[0], -1) @ w + B[None]
     return attacks.pgd(fn, x, y, key=key, eps=0.05, steps=3, step_size=0.02)
 
   inside = step(W, jnp.asarray(X), jnp.asarray(Y), KEY)

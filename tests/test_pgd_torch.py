@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from smoothjax import attacks
-from smoothjax import checkpoints
 
 torch = pytest.importorskip("torch")
 import torch_reference  # noqa: E402  (needs torch)
@@ -36,20 +35,10 @@ def torch_pgd(model, x, y, *, eps, steps, step_size, generator):
 
 
 @pytest.mark.slow
-def test_pgd_robust_accuracy_matches_pytorch(siam_resnet20, lossless_npz):
-  torch.set_num_threads(2)
-  data = np.load(lossless_npz)
-  x = data["x_test"][:NUM_IMAGES].astype(np.float32) / 255
-  y = data["y_test"][:NUM_IMAGES].astype(np.int64)
-
-  model, info = checkpoints.model_from_torch(siam_resnet20)
-  graphdef, state = nnx.split(model)
-  fn = attacks.model_logits_fn(graphdef, state)
-  tm = torch_reference.load_torch_model(
-      checkpoints.load_torch_state_dict(siam_resnet20), depth=20, family=info["family"],
-      mean=info["normalization"]["mean"], std=info["normalization"]["std"])
-  for p in tm.parameters():
-    p.requires_grad_(False)
+def test_pgd_robust_accuracy_matches_pytorch(siam_twins):
+  x, y, tm = siam_twins.x, siam_twins.y, siam_twins.torch_model
+  assert len(x) == NUM_IMAGES
+  fn = attacks.model_logits_fn(*nnx.split(siam_twins.model))
 
   jit_logits = jax.jit(lambda xv: fn(xv, None))
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from smoothjax import attacks
+from smoothjax import models as models_lib
 from smoothjax._utils import config_value as _get
 
 OBJECTIVES = ("standard", "adversarial", "trades", "fast")
@@ -121,22 +121,22 @@ class Objective:
 
 def forward(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, *, key: jax.Array,
             train: bool = False):
-  """Pure forward pass of a model split as ``nnx.split(model, nnx.Param, ...)``.
+  """:func:`smoothjax.models.apply` / ``apply_train`` of a model split as
+  ``nnx.split(model, nnx.Param, ...)`` (the parameters apart, for their gradient).
 
   Returns:
     ``logits`` (``train=False``: BatchNorm running statistics) or ``(logits, new_rest)``
     (``train=True``: batch statistics, running statistics updated in ``new_rest``).
   """
-  model = nnx.merge(graphdef, params, rest)
-  logits = model(x, key=key, train=train)
   if not train:
-    return logits
-  _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    return models_lib.apply(graphdef, (params, rest), x, key=key)
+  logits, state = models_lib.apply_train(graphdef, (params, rest), x, key=key)
+  _, new_rest = state.split(nnx.Param, ...)
   return logits, nnx.to_pure_dict(new_rest)
 
 
 def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return attacks.cross_entropy(logits, y).mean()
 
 
 def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -145,9 +145,7 @@ def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 def _kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   """Batch mean of KL(softmax p || softmax q) (TRADES' KLDivLoss(sum) / batch)."""
-  logp = jax.nn.log_softmax(logits_p)
-  logq = jax.nn.log_softmax(logits_q)
-  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1).mean()
+  return attacks.kl_divergence(logits_q, logits_p, p_logits=True).mean()
 
 
 def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: Any, rest: Any,
