@@ -793,23 +793,35 @@ class SmoothedProbs:
   ``smoothjax.attacks.BatchNoiseLogits``, a closure). Sample ``s`` runs
   ``logits_fn(x, fold_in(key, s))``; its votes (``vote.fn`` of its logits, e.g. ``"hard"``: the
   argmax as a one-hot, ``"soft"``: the softmax) are summed over samples in one ``lax.scan`` (the
-  image batch inside) and divided by ``num_samples``. A ``logits_fn`` whose ``noiseless``
-  attribute is true is run once. A pytree: a pytree ``logits_fn`` keeps its array leaves (jitted
-  attacks take them as arguments), an opaque one (a closure) is static.
+  image batch inside) and divided by ``num_samples`` (``reduction="sum"``), or, with
+  ``reduction="stack"``, stacked ``(num_samples, B, C)`` and averaged (the two differ in the last
+  bits of soft votes; :func:`smoothed_probs_fn` stacks, as the attacks always have,
+  :func:`make_smoothed_probs_fn` sums, as the evaluation always has). A ``logits_fn`` whose
+  ``noiseless`` attribute is true is run once. A pytree: a pytree ``logits_fn`` keeps its array
+  leaves (jitted attacks take them as arguments), an opaque one (a closure) is static.
   """
 
   def __init__(self, logits_fn: LogitsFn, num_samples: int, vote: str | Vote = "hard",
-               unroll: int = 1):
+               unroll: int = 1, reduction: str = "sum"):
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
       raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if reduction not in ("sum", "stack"):
+      raise ValueError(f"reduction must be 'sum' or 'stack', got {reduction!r}")
     self.logits_fn, self.num_samples, self.vote, self.unroll = (logits_fn, int(num_samples),
                                                                 get_vote(vote), unroll)
+    self.reduction = reduction
 
   def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
     key = _as_key(key)
     f = self.logits_fn
     if getattr(f, "noiseless", False):  # no noise at all: every sample is the same
       return self.vote.fn(f(x, key)).astype(jnp.float32)
+    if self.reduction == "stack":
+      def one(_, s):
+        return None, self.vote.fn(f(x, jax.random.fold_in(key, s))).astype(jnp.float32)
+
+      _, votes = jax.lax.scan(one, None, jnp.arange(self.num_samples), unroll=self.unroll)
+      return jnp.mean(votes, 0)  # (n, B, C): small
 
     def body(acc, s):
       return acc + self.vote.fn(f(x, jax.random.fold_in(key, s))).astype(jnp.float32), None
@@ -820,7 +832,7 @@ class SmoothedProbs:
     return acc / self.num_samples
 
   def tree_flatten(self):
-    return (self.logits_fn,), (self.num_samples, self.vote, self.unroll)
+    return (self.logits_fn,), (self.num_samples, self.vote, self.unroll, self.reduction)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
@@ -829,8 +841,9 @@ class SmoothedProbs:
 
 def smoothed_probs_fn(logits_fn: LogitsFn, *, num_samples: int, vote: str | Vote = "hard",
                       unroll: int = 1) -> SmoothedProbs:
-  """The smoothed prediction of ``logits_fn`` (:class:`SmoothedProbs`), e.g. for NAttack."""
-  return SmoothedProbs(logits_fn, num_samples, vote, unroll)
+  """The smoothed prediction of ``logits_fn`` (:class:`SmoothedProbs`, the ``num_samples``
+  votes stacked, then averaged), e.g. for NAttack."""
+  return SmoothedProbs(logits_fn, num_samples, vote, unroll, reduction="stack")
 
 
 NoisyLogits = PerImageNoiseLogits  # its former name

@@ -11,6 +11,7 @@ from smoothjax import attacks
 from smoothjax.attacks import _pgd as attacks_pgd
 from smoothjax.cli import attacks as attacks_cli
 from smoothjax import models
+from smoothjax import smoothing
 from tiny_model import TinyConvNet
 
 HW, C = 4, 5
@@ -550,3 +551,27 @@ def test_attack_vs_compute_smoothadv_uses_fixed_noise():
   want = attacks.craft("smoothadv", noisy_fn, X[:8], Y[:8], key=jax.random.fold_in(KEY, 0),
                        eps=0.05, steps=2, samples=2, fixed_noise=True)
   np.testing.assert_array_equal(seen[0], want)
+
+
+def test_loss_forms_and_smoothed_reductions_agree():
+  """One home for the losses and the smoothed prediction, each call site's numerics kept:
+  optax's form of the CE equals optax exactly and the attacks' form to rounding; KL from
+  logits equals KL from probabilities; hard votes stacked or summed give the same counts."""
+  import optax  # pylint: disable=import-outside-toplevel
+  logits = jax.random.normal(jax.random.key(0), (6, C)) * 3
+  y = jnp.arange(6) % C
+  np.testing.assert_array_equal(attacks.cross_entropy(logits, y, form="logsumexp"),
+                                optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  np.testing.assert_allclose(attacks.cross_entropy(logits, y), attacks.cross_entropy(
+      logits, y, form="logsumexp"), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="form"):
+    attacks.cross_entropy(logits, y, form="hinge")
+  other = jax.random.normal(jax.random.key(1), (6, C))
+  np.testing.assert_allclose(attacks.kl_divergence(logits, other, p_logits=True),
+                             attacks.kl_divergence(logits, jax.nn.softmax(other)), atol=1e-5)
+  stacked = attacks.smoothed_probs_fn(noisy_fn, num_samples=8, vote="hard")
+  summed = attacks.SmoothedProbs(noisy_fn, 8, "hard", reduction="sum")
+  np.testing.assert_array_equal(stacked(jnp.asarray(X), KEY), summed(jnp.asarray(X), KEY))
+  assert attacks.SmoothedProbs is smoothing.SmoothedProbs
+  with pytest.raises(ValueError, match="reduction"):
+    attacks.SmoothedProbs(noisy_fn, 8, "hard", reduction="median")

@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from smoothjax._utils import as_key as _as_key
 
@@ -34,8 +35,18 @@ class GradientMaskingWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example cross-entropy of integer labels ``y``."""
+def cross_entropy(logits: jax.Array, y: jax.Array, *, form: str = "log_softmax") -> jax.Array:
+  """Per-example cross-entropy of integer labels ``y``.
+
+  ``form="log_softmax"`` (the attacks): ``-log_softmax(logits)[y]`` in float32;
+  ``form="logsumexp"`` (the training objectives): optax's ``logsumexp(logits) - logits[y]``. The
+  two agree up to the last bits of their gradients; each is kept where it was used, so that
+  attacks and training stay bit-identical.
+  """
+  if form == "logsumexp":
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  if form != "log_softmax":
+    raise ValueError(f"form must be 'log_softmax' or 'logsumexp', got {form!r}")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), -1)[:, 0]
 

@@ -136,7 +136,7 @@ def forward(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, *, key
 
 
 def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-  return attacks.cross_entropy(logits, y).mean()
+  return attacks.cross_entropy(logits, y, form="logsumexp").mean()
 
 
 def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
