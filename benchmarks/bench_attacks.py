@@ -12,8 +12,8 @@ Writes ``benchmarks/results/attacks.json`` and prints the JAX / PyTorch ratios.
 
 Usage (from the repository root)::
 
-  python benchmarks/bench_attacks.py            # full run: about 15-20 min on 2 CPU cores
-  python benchmarks/bench_attacks.py --quick    # smoke run: tiny batch and budgets, ~2 min
+  python -m benchmarks.bench_attacks            # full run: about 15-20 min on 2 CPU cores
+  python -m benchmarks.bench_attacks --quick    # smoke run: tiny batch and budgets, ~2 min
 
 Runs on whatever JAX and PyTorch find (CPU, or a GPU when both see one).
 """
@@ -25,102 +25,20 @@ import json
 import os
 import pathlib
 import platform
-import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks._common import best_time, write_results
+from smoothjax import attacks
+from smoothjax import models
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from smoothjax import attacks  # noqa: E402
-from smoothjax import models  # noqa: E402
 
 EPS = 8 / 255
-
-
-# --------------------------------------------------------------------------------------------
-# PyTorch CNI-W ResNet-20, written like the reference (fresh noise on every forward pass, one
-# draw shared by the batch; element-wise PNI on the head)
-# --------------------------------------------------------------------------------------------
-
-
-def _torch_model(device):
-  import torch
-  import torch.nn.functional as F
-  from torch import nn
-
-  class CNIConv(nn.Conv2d):
-
-    def __init__(self, cin, cout, k, stride=1, padding=0, rank=5, alpha=0.0625, f=0.01):
-      super().__init__(cin, cout, k, stride=stride, padding=padding, bias=False)
-      self.alpha_d = nn.Parameter(torch.full_like(self.weight, alpha))
-      self.factor = nn.Parameter(torch.full((self.weight.numel(), rank), f))
-      self.rank = rank
-
-    def forward(self, x):
-      w = self.weight
-      std = w.std()
-      noise = (torch.sqrt(torch.abs(std * self.alpha_d)) * torch.randn_like(w)
-               + (self.factor @ torch.randn(self.rank, device=w.device)).view_as(w))
-      return F.conv2d(x, w + noise, None, self.stride, self.padding)
-
-  class PNILinear(nn.Linear):
-
-    def __init__(self, cin, cout, alpha=0.25):
-      super().__init__(cin, cout)
-      self.alpha = nn.Parameter(torch.full_like(self.weight, alpha))
-
-    def forward(self, x):
-      w = self.weight
-      noise = self.alpha * w.std().detach() * torch.randn_like(w)
-      return F.linear(x, w + noise, self.bias)
-
-  class Block(nn.Module):
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = CNIConv(cin, cout, 3, stride, 1)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = CNIConv(cout, cout, 3, 1, 1)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(CNIConv(cin, cout, 1, stride, 0), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      return F.relu(out + (x if self.down is None else self.down(x)))
-
-  class ResNet20(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      mean, std = models.REFERENCE_NORMALIZATION
-      self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-      self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-      self.conv1 = CNIConv(3, 16, 3, 1, 1)
-      self.bn1 = nn.BatchNorm2d(16)
-      blocks, cin = [], 16
-      for stage, cout in enumerate((16, 32, 64)):
-        for i in range(3):
-          blocks.append(Block(cin, cout, 2 if stage and not i else 1))
-          cin = cout
-      self.blocks = nn.Sequential(*blocks)
-      self.fc = PNILinear(64, 10)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1((x - self.mean) / self.std)))
-      return self.fc(self.blocks(out).mean((2, 3)))
-
-  model = ResNet20().to(device).eval()
-  for p in model.parameters():
-    p.requires_grad_(False)
-  return model
 
 
 def _torch_attack(model, x, y, *, eps, steps, step_size, samples):
@@ -144,15 +62,6 @@ def _torch_attack(model, x, y, *, eps, steps, step_size, samples):
 # --------------------------------------------------------------------------------------------
 
 
-def _time(fn, reps):
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
-
-
 def bench_jax(logits_fn, x, y, *, name, steps, samples, unroll, reps):
   kw = dict(eps=EPS, steps=steps, step_size=EPS / 4, unroll=unroll)
   if samples == 1:
@@ -164,7 +73,7 @@ def bench_jax(logits_fn, x, y, *, name, steps, samples, unroll, reps):
   run(jax.random.key(0))
   first = time.perf_counter() - t
   counter = iter(range(1, 1000))
-  sec = _time(lambda: run(jax.random.key(next(counter))), reps)
+  sec = best_time(lambda: run(jax.random.key(next(counter))), reps)
   return {"attack": name, "framework": "jax", "steps": steps, "samples": samples,
           "unroll": unroll, "compile_plus_first_run_s": round(first, 3),
           "seconds": round(sec, 3), "images_per_s": round(len(x) / sec, 2)}
@@ -181,7 +90,7 @@ def bench_torch(model, x, y, *, name, steps, samples, reps, device):
       torch.cuda.synchronize()
 
   run()  # warm-up
-  sec = _time(run, reps)
+  sec = best_time(run, reps)
   return {"attack": name, "framework": "torch", "steps": steps, "samples": samples,
           "seconds": round(sec, 3), "images_per_s": round(len(x) / sec, 2),
           "threads": torch.get_num_threads()}
@@ -248,7 +157,8 @@ def main(argv=None):
   logits_fn = attacks.model_logits_fn(graphdef, state)
   x = jnp.asarray(np.random.RandomState(0).rand(batch, 32, 32, 3).astype(np.float32))
   y = jnp.asarray(np.arange(batch) % 10)
-  tmodel = _torch_model(device)
+  from tests import torch_reference
+  tmodel = torch_reference.cni_resnet20(*models.REFERENCE_NORMALIZATION, device=device)
 
   rows = []
 
@@ -286,15 +196,13 @@ def main(argv=None):
       "rows": rows, "nattack": nat, "jax_over_torch_images_per_s": ratios,
   }
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
+  write_results(out, result)
   print("\nJAX / PyTorch images/s:")
   for k, v in ratios.items():
     print(f"  {k:24s} {v:6.2f}x")
   print(f"NAttack: population {pop} x {nat_images} images scored in one call per iteration: "
         f"{nat['population_traced_as_one_call']}; {nat['seconds_per_iteration']:.2f} s/iteration "
         f"({nat['image_forwards_per_s']:.0f} image-forwards/s)")
-  print(f"wrote {out}")
   return result
 
 

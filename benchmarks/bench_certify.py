@@ -19,7 +19,7 @@ points on 100 images: the two use different noise draws, so they agree only stat
 radius (target < 1 point). On a CPU, XLA computes in fp32 whatever the setting.
 
 The model is Cohen et al.'s CIFAR-10 ResNet-110 (``--arch=resnet110``, default) or ResNet-20,
-written in their checkpoint format by the PyTorch model of ``tests/torch_cohen_models.py``
+written in their checkpoint format by the PyTorch model of ``tests/torch_reference.py``
 (random weights, random BatchNorm statistics) and imported with
 :func:`smoothjax.checkpoints.model_from_cohen`; ``--weights=FILE`` uses a trained
 checkpoint instead (Cohen-format or a reference-layout CIFAR ResNet, e.g. the project's
@@ -28,11 +28,11 @@ ResNet-20). Images: the first ``--images`` test images of ``--data`` (an ``.npz`
 
 Run (issue sizes, hours on a 2-core CPU: ResNet-110 costs ~0.25 GMAC per sample)::
 
-  python benchmarks/bench_certify.py --images=100 --n0=100 --n=10000 --batch=400
+  python -m benchmarks.bench_certify --images=100 --n0=100 --n=10000 --batch=400
 
 A GPU run at Cohen et al.'s sizes (see benchmarks/gpu_suite.py)::
 
-  python benchmarks/bench_certify.py --images=8 --n=100000 --batch=1000 --precision=bf16 \\
+  python -m benchmarks.bench_certify --images=8 --n=100000 --batch=1000 --precision=bf16 \\
       --compare_fp32
 """
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import pathlib
@@ -51,9 +50,9 @@ import time
 
 import numpy as np
 
+from benchmarks._common import write_results
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # the PyTorch models with Cohen et al.'s key names
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 PRECISIONS = {"fp32": "highest", "tf32": "tensorfloat32", "bf16": "bfloat16"}
@@ -72,7 +71,7 @@ def _images(path, n):
 def _models(arch: str, weights: str | None, tmp: pathlib.Path):
   """The JAX model and the PyTorch Sequential(normalize, net) holding the same weights."""
   import torch
-  import torch_cohen_models as tcm
+  from tests import torch_reference as tcm  # Cohen et al.'s key names
 
   from smoothjax import checkpoints
   from smoothjax.checkpoints import _cohen as cohen
@@ -319,9 +318,7 @@ def main(argv=None):
   for i, r in enumerate(RADII):
     t_s = f"  torch {100 * res['torch']['certified_accuracy'][i]:5.1f}%" if "torch" in res else ""
     print(f"  radius {r:4.2f}: jax {100 * jacc[i]:5.1f}%{t_s}")
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(res, indent=1) + "\n")
-  print(f"wrote {out_path}")
+  write_results(out_path, res)
   return 0
 
 

@@ -2,8 +2,8 @@
 
 Run (about 15-20 minutes on an idle 2-core CPU; ``--quick``, compile-bound, about 4 minutes)::
 
-  python benchmarks/bench_smoothing.py            # full settings, writes results/smoothing.json
-  python benchmarks/bench_smoothing.py --quick    # small settings, results/smoothing_quick.json
+  python -m benchmarks.bench_smoothing            # full settings, writes results/smoothing.json
+  python -m benchmarks.bench_smoothing --quick    # small settings, results/smoothing_quick.json
 
 What it measures, all in the same process / run:
 
@@ -38,19 +38,15 @@ import time
 
 import numpy as np
 
+from benchmarks._common import best_time, write_results
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 RESNET20_MACS = 40.6e6  # multiply-adds per 32x32 image (convolutions + head)
 
 
 def _timeit(fn, *, repeats=1):
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
+  return best_time(fn, repeats)
 
 
 def bench_matmul(size: int) -> float:
@@ -101,79 +97,20 @@ def bench_torch_loop(images: int, n: int, sigma: float = 0.12, threads: int | No
   """The reference's evaluation loop: n full-batch noisy forwards, vote histogram."""
   import torch
   import torch.nn.functional as F
-  from torch import nn
+
+  from tests import torch_reference
   torch.set_num_threads(threads or os.cpu_count())
   dev = "cuda" if torch.cuda.is_available() else "cpu"
 
-  class CNIConv(nn.Conv2d):
-    """Conv2d with CNI-W noise drawn on the weights on every forward (the reference's layer)."""
-
-    def __init__(self, *a, **kw):
-      super().__init__(*a, bias=False, **kw)
-      self.alpha_d = nn.Parameter(torch.full_like(self.weight, 0.0625))
-      self.factor = nn.Parameter(torch.full((self.weight.numel(), 5), 0.01))
-
-    def forward(self, x):
-      w = self.weight
-      diag = torch.sqrt(torch.abs(w.std() * self.alpha_d))
-      noise = diag * torch.randn_like(w) + (self.factor @ torch.randn(5, device=w.device)
-                                            ).view_as(w)
-      return F.conv2d(x, w + noise, None, self.stride, self.padding)
-
-  class PNILinear(nn.Linear):
-    def __init__(self, *a):
-      super().__init__(*a)
-      self.alpha = nn.Parameter(torch.full_like(self.weight, 0.25))
-
-    def forward(self, x):
-      w = self.weight
-      return F.linear(x, w + self.alpha * w.std() * torch.randn_like(w), self.bias)
-
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = CNIConv(cin, cout, 3, stride=stride, padding=1)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = CNIConv(cout, cout, 3, padding=1)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(CNIConv(cin, cout, 1, stride=stride), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      return F.relu(out + (x if self.down is None else self.down(x)))
-
-  class ResNet20(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1 = CNIConv(3, 16, 3, padding=1)
-      self.bn1 = nn.BatchNorm2d(16)
-      layers, cin = [], 16
-      for stage, cout in enumerate((16, 32, 64)):
-        for i in range(3):
-          layers.append(Block(cin, cout, 2 if stage and not i else 1))
-          cin = cout
-      self.layers = nn.Sequential(*layers)
-      self.fc = PNILinear(64, 10)
-
-    def forward(self, x):
-      out = F.relu(self.bn1(self.conv1(x)))
-      out = self.layers(out)
-      return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
   torch.manual_seed(0)
-  model = ResNet20().to(dev).eval()
+  model = torch_reference.cni_resnet20((0.491, 0.482, 0.447), (0.247, 0.243, 0.262), dev)
   x = torch.rand(images, 3, 32, 32, device=dev)
-  mean = torch.tensor([0.491, 0.482, 0.447], device=dev).view(1, 3, 1, 1)
-  std = torch.tensor([0.247, 0.243, 0.262], device=dev).view(1, 3, 1, 1)
 
   def run(num):
     hist = torch.zeros(images, 10, device=dev)
     with torch.no_grad():
       for _ in range(num):
-        xn = (x + sigma * torch.randn_like(x) - mean) / std
+        xn = x + sigma * torch.randn_like(x)  # the model normalises
         pred = model(xn).argmax(1)
         hist += F.one_hot(pred, 10)
     if dev == "cuda":
@@ -200,8 +137,9 @@ def rss_child(n: int, batch: int) -> None:
 def bench_rss(ns, batch) -> list[dict]:
   out = []
   for n in ns:
-    r = subprocess.run([sys.executable, __file__, f"--rss_child={n}", f"--rss_batch={batch}"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_smoothing", f"--rss_child={n}",
+                        f"--rss_batch={batch}"], cwd=REPO, capture_output=True, text=True,
+                       check=True)
     out.append(json.loads(r.stdout.strip().splitlines()[-1]))
   return out
 
@@ -318,9 +256,7 @@ def main(argv=None):
       log(f"peak RSS, n={r['n']:,} (1 image)", f"{r['peak_rss_mib']:.0f} MiB",
           f"{r['seconds']:.1f} s")
 
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(res, indent=1) + "\n")
-  print(f"wrote {out_path}")
+  write_results(out_path, res)
   return 0
 
 

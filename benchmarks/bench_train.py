@@ -2,8 +2,8 @@
 
 Run (about 6 minutes on a 2-core CPU; ``--quick`` well under a minute)::
 
-  python benchmarks/bench_train.py            # batch 128, writes results/train.json
-  python benchmarks/bench_train.py --quick    # batch 32, a few steps, results/train_quick.json
+  python -m benchmarks.bench_train            # batch 128, writes results/train.json
+  python -m benchmarks.bench_train --quick    # batch 32, a few steps, results/train_quick.json
 
 What it measures (images per second of one optimizer step, the same ResNet-20 on both sides:
 reference layout, option-B shortcuts, no noise; SGD Nesterov 0.9, lr 0.1, weight decay 1e-4,
@@ -35,59 +35,10 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 # ------------------------------------------------------------------------------------------------
 # PyTorch, written like the reference implementation.
-
-
-def torch_resnet20(num_classes: int = 10):
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  class Block(nn.Module):
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.downsample = None
-      if stride != 1 or cin != cout:
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                        nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      sc = x if self.downsample is None else self.downsample(x)
-      return torch.relu(out + sc)
-
-  class ResNet20(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.register_buffer("mean", torch.tensor([0.491, 0.482, 0.447]).view(1, 3, 1, 1))
-      self.register_buffer("std", torch.tensor([0.247, 0.243, 0.262]).view(1, 3, 1, 1))
-      self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(16)
-      layers, cin = [], 16
-      for stage, cout in enumerate((16, 32, 64)):
-        for i in range(3):
-          layers.append(Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
-          cin = cout
-      self.layers = nn.Sequential(*layers)
-      self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x):
-      x = (x - self.mean) / self.std
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = self.layers(out)
-      return self.fc(out.mean((2, 3)))
-
-  return ResNet20()
 
 
 def bench_torch(mode: str, batch: int, steps: int, warmup: int) -> float:
@@ -96,7 +47,9 @@ def bench_torch(mode: str, batch: int, steps: int, warmup: int) -> float:
 
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
-  model = torch_resnet20()
+  from tests import torch_reference  # pylint: disable=g-import-not-at-top
+  model = torch_reference.CifarResNetTorch(20, 10, family="reference",
+                                          mean=(0.491, 0.482, 0.447), std=(0.247, 0.243, 0.262))
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                         weight_decay=1e-4)
   x = torch.rand(batch, 3, 32, 32)

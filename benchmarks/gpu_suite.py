@@ -19,9 +19,9 @@ a benchmark whose PyTorch baseline cannot see the GPU is run with that noted.
 
 Usage (from the repository root)::
 
-  python benchmarks/gpu_suite.py                       # writes benchmarks/results/gpu_suite.json
-  python benchmarks/gpu_suite.py --only=certify,smoothing --budget_s=600
-  python benchmarks/gpu_suite.py --dry_run             # print the commands, run nothing
+  python -m benchmarks.gpu_suite                       # writes benchmarks/results/gpu_suite.json
+  python -m benchmarks.gpu_suite --only=certify,smoothing --budget_s=600
+  python -m benchmarks.gpu_suite --dry_run             # print the commands, run nothing
 """
 
 from __future__ import annotations
@@ -38,17 +38,17 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
-# name -> (script, GPU-size flags, minimum seconds worth starting with)
+# name -> (module under benchmarks/, GPU-size flags, minimum seconds worth starting with)
 SUITE = {
-    "smoothing": ("bench_smoothing.py",
+    "smoothing": ("bench_smoothing",
                   ["--images=1024", "--n=256", "--torch_n=64", "--grid_images=64", "--skip=rss"],
                   40),
-    "attacks": ("bench_attacks.py", ["--batch=512", "--reps=3"], 30),
-    "train": ("bench_train.py", ["--batch=512", "--steps=20"], 30),
-    "certify": ("bench_certify.py",
+    "attacks": ("bench_attacks", ["--batch=512", "--reps=3"], 30),
+    "train": ("bench_train", ["--batch=512", "--steps=20"], 30),
+    "certify": ("bench_certify",
                 ["--arch=resnet110", "--images=4", "--n0=100", "--n=100000", "--batch=1000"],
                 60),
-    "certify_reduced": ("bench_certify.py",
+    "certify_reduced": ("bench_certify",
                         ["--arch=resnet110", "--images=100", "--n0=100", "--n=10000",
                          "--batch=1000", "--precision=bf16", "--compare_fp32", "--no_torch"],
                         45),
@@ -81,7 +81,7 @@ def _probe() -> dict:
 
 def commands(names, outdir: pathlib.Path) -> dict[str, list[str]]:
   """The command line of each benchmark of ``names`` (its JSON goes to ``outdir``)."""
-  return {name: [sys.executable, str(BENCH / SUITE[name][0]), *SUITE[name][1],
+  return {name: [sys.executable, "-m", f"benchmarks.{SUITE[name][0]}", *SUITE[name][1],
                  f"--out={outdir / (name + '.json')}"] for name in names}
 
 

@@ -164,4 +164,5 @@ def topk_correct_from_ranks(rank_counts: jax.Array, labels: jax.Array, *, k: int
     ``(..., N)`` booleans (``.mean(-1)``: the top-k accuracy).
   """
   top = hard_topk_from_ranks(rank_counts, k=k, empty_rank=empty_rank)
-  return jnp.any(top == jnp.asarray(labels)[..., None], axis=-1)
+  labels = jnp.broadcast_to(jnp.asarray(labels), top.shape[:-1])  # explicit: no rank promotion
+  return jnp.any(top == labels[..., None], axis=-1)

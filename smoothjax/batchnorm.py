@@ -156,7 +156,7 @@ def recalibrate(model: nnx.Module, images, key: jax.Array, *, draws: int = 16,
     var_b = jnp.stack([v[layer] for v in variances])
     mu = mu_b.mean(axis=0)  # equal-size batches: the plain mean is exact
     new_stats[layer + ("mean",)] = mu
-    new_stats[layer + ("var",)] = (var_b + (mu_b - mu) ** 2).mean(axis=0)
+    new_stats[layer + ("var",)] = (var_b + (mu_b - mu[None]) ** 2).mean(axis=0)
   out = nnx.clone(model)
   state = nnx.state(out, nnx.BatchStat)
   pure = nnx.to_pure_dict(state)

@@ -228,7 +228,7 @@ class NoisyLinear(nnx.Module):
     w = self.kernel[...]
     if key is not None and self.weight_noise is not None:
       w = self.weight_noise(w, jax.random.fold_in(key, self.key_id))
-    return x @ w + self.bias[...]
+    return x @ w + self.bias[...][None]
 
 
 def _noisy_head(cin: int, num_classes: int, cfg: noise_lib.NoiseConfig, counter: "_KeyCounter",
@@ -262,8 +262,8 @@ class _Base(nnx.Module):
     if key is not None and not (isinstance(s, (int, float)) and s == 0):
       x = noise_lib.add_input_noise(jax.random.fold_in(key, 0), x, s,
                                     sigma_space=cfg.noise.sigma_space, std=cfg.std)
-    mean = jnp.asarray(cfg.mean, x.dtype)
-    std = jnp.asarray(cfg.std, x.dtype)
+    mean = noise_lib.channels_last(jnp.asarray(cfg.mean, x.dtype), x.ndim)
+    std = noise_lib.channels_last(jnp.asarray(cfg.std, x.dtype), x.ndim)
     return (x - mean) / std, key
 
 
@@ -424,18 +424,27 @@ def _init_state(cls, config: ModelConfig, key: jax.Array) -> nnx.State:
   return nnx.state(cls(config, rngs=nnx.Rngs(params=key)))
 
 
+def _merge(graphdef: nnx.GraphDef, state) -> nnx.Module:
+  """A copy of the model (the caller's state is never mutated); ``state`` may be a tuple of the
+  states of ``nnx.split(model, *filters)`` (e.g. training's ``(params, rest)``)."""
+  return nnx.merge(graphdef, *(state if isinstance(state, tuple) else (state,)), copy=True)
+
+
 def apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
           key: jax.Array | None = None, sigma=None, noise: bool = True) -> jax.Array:
-  """Pure evaluation-mode forward pass (BatchNorm uses running statistics). Returns logits."""
-  model = nnx.merge(graphdef, state, copy=True)  # never mutate the caller's state
-  return model(x, key=key, sigma=sigma, noise=noise, train=False)
+  """Pure evaluation-mode forward pass (BatchNorm uses running statistics). Returns logits.
+
+  ``state``: ``nnx.split(model)``'s state, or a tuple of the states of
+  ``nnx.split(model, *filters)``.
+  """
+  return _merge(graphdef, state)(x, key=key, sigma=sigma, noise=noise, train=False)
 
 
 def apply_train(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, *,
                 key: jax.Array | None = None, sigma=None,
                 noise: bool = True) -> tuple[jax.Array, nnx.State]:
   """Pure training-mode forward pass. Returns ``(logits, new_state)`` (BatchNorm stats updated)."""
-  model = nnx.merge(graphdef, state, copy=True)  # never mutate the caller's state
+  model = _merge(graphdef, state)
   logits = model(x, key=key, sigma=sigma, noise=noise, train=True)
   return logits, nnx.state(model)
 

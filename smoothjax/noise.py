@@ -47,6 +47,7 @@ __all__ = [
     "PNIWeightNoise",
     "CNIWeightNoise",
     "PNIActivationNoise",
+    "channels_last",
     "input_noise_scale",
     "add_input_noise",
 ]
@@ -250,7 +251,12 @@ class PNIActivationNoise(nnx.Module):
 
   def __call__(self, a: jax.Array, key: jax.Array) -> jax.Array:
     std = jax.lax.stop_gradient(jnp.std(a, axis=(1, 2, 3), keepdims=True, ddof=1))
-    return a + self.alpha[...] * std * jax.random.normal(key, a.shape[1:], a.dtype)
+    return a + self.alpha[...][None] * std * jax.random.normal(key, a.shape[1:], a.dtype)[None]
+
+
+def channels_last(v: jax.Array, ndim: int) -> jax.Array:
+  """A per-channel vector ``(C,)`` shaped ``(1, ..., 1, C)`` for arrays of rank ``ndim`` (NHWC)."""
+  return jnp.reshape(v, (1,) * (ndim - 1) + (-1,))
 
 
 def input_noise_scale(sigma, sigma_space: str, std: tuple[float, ...]) -> jax.Array:
@@ -274,5 +280,5 @@ def add_input_noise(key: jax.Array, x: jax.Array, sigma, *, sigma_space: str = "
       normalisation std, so that the noise equals ``sigma * N(0, I)`` after normalisation).
     std: per-channel normalisation std.
   """
-  scale = input_noise_scale(sigma, sigma_space, std)
+  scale = channels_last(input_noise_scale(sigma, sigma_space, std), x.ndim)
   return x + scale * jax.random.normal(key, x.shape, x.dtype)

@@ -41,6 +41,18 @@ def _save(fig, path) -> None:
   os.replace(tmp, path)
 
 
+def _finish(plt, fig, ax, path, *, xlabel: str, ylabel: str, title: str, legend: bool) -> None:
+  """Labels, grid and legend of a one-axes plot, then saves (atomically) and closes it."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  if legend:
+    ax.legend(fontsize=7)
+  _save(fig, path)
+  plt.close(fig)
+
+
 def _label(sigma, space, attack) -> str:
   s = f"σ={sigma:g}" + (" (norm.)" if space == "normalized" else "")
   return s if attack == "none" else f"{s}, {attack}"
@@ -69,14 +81,8 @@ def plot_accuracy_vs_n(records: Iterable[Mapping], path, *, vote: str, title: st
                       [100 * b[2] for b in band], alpha=0.18, linewidth=0,
                       color=line[0].get_color())
   ax.set_xscale("log", base=2)
-  ax.set_xlabel("number of samples n")
-  ax.set_ylabel("accuracy (%)")
-  ax.set_title(title or f"smoothed accuracy vs n ({vote} vote)")
-  ax.grid(True, alpha=0.3)
-  if keys:
-    ax.legend(fontsize=7)
-  _save(fig, path)
-  plt.close(fig)
+  _finish(plt, fig, ax, path, xlabel="number of samples n", ylabel="accuracy (%)",
+          title=title or f"smoothed accuracy vs n ({vote} vote)", legend=bool(keys))
 
 
 def plot_accuracy_vs_sigma(records: Iterable[Mapping], path, *, title: str = "") -> None:
@@ -94,14 +100,10 @@ def plot_accuracy_vs_sigma(records: Iterable[Mapping], path, *, title: str = "")
                 linestyle="-" if attack == "none" else "--",
                 label=vote if attack == "none" else f"{vote}, {attack}")
   space = rows[0]["sigma_space"] if rows else "pixel"
-  ax.set_xlabel(f"σ ({'[0,1] pixels' if space == 'pixel' else 'normalised units'})")
-  ax.set_ylabel("accuracy (%)")
-  ax.set_title(title or f"smoothed accuracy vs σ (n={n_max})")
-  ax.grid(True, alpha=0.3)
-  if keys:
-    ax.legend(fontsize=7)
-  _save(fig, path)
-  plt.close(fig)
+  _finish(plt, fig, ax, path,
+          xlabel=f"σ ({'[0,1] pixels' if space == 'pixel' else 'normalised units'})",
+          ylabel="accuracy (%)", title=title or f"smoothed accuracy vs σ (n={n_max})",
+          legend=bool(keys))
 
 
 def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Sequence[bool]]],
@@ -120,14 +122,9 @@ def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Seq
     correct = correct.astype(bool)
     acc = [100 * (correct & (radius >= r)).mean() if radius.size else 0.0 for r in grid]
     ax.plot(grid, acc, label=f"σ={sigma:g}")
-  ax.set_xlabel("L2 radius ([0,1] pixels)")
-  ax.set_ylabel("certified accuracy (%)")
-  ax.set_title(title or "certified accuracy (Cohen et al. CERTIFY)")
-  ax.grid(True, alpha=0.3)
-  if per_sigma:
-    ax.legend(fontsize=7)
-  _save(fig, path)
-  plt.close(fig)
+  _finish(plt, fig, ax, path, xlabel="L2 radius ([0,1] pixels)",
+          ylabel="certified accuracy (%)",
+          title=title or "certified accuracy (Cohen et al. CERTIFY)", legend=bool(per_sigma))
 
 
 def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = None) -> None:

@@ -87,6 +87,8 @@ from smoothjax._topk import (hard_topk_from_ranks, rank_contributions, rank_hist
 from smoothjax._utils import as_key as _as_key
 from smoothjax._utils import pad_rows
 
+LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]  # logits_fn(x, key) -> logits
+
 __all__ = [
     "AXIS",
     "DEFAULT_NOISE_BLOCK",
@@ -117,7 +119,9 @@ __all__ = [
     "hard_topk_from_ranks",
     "topk_correct_from_ranks",
     "NoisyLogits",
+    "PerImageNoiseLogits",
     "SmoothedProbs",
+    "smoothed_probs_fn",
     "make_logits_fn",
     "make_smoothed_probs_fn",
 ]
@@ -346,7 +350,7 @@ def _input_noise(kin: jax.Array, x: jax.Array, index: jax.Array, scale: jax.Arra
   flat_idx = jnp.reshape(index, (-1,))
   keys = jax.vmap(lambda i: jax.random.fold_in(kin, i))(flat_idx)
   eta = jax.vmap(lambda k: jax.random.normal(k, x.shape[-3:], x.dtype))(keys)
-  return x + scale.astype(x.dtype) * eta.reshape(x.shape)
+  return x + noise_lib.channels_last(scale.astype(x.dtype), x.ndim) * eta.reshape(x.shape)
 
 
 def _forward(model, x: jax.Array, key: jax.Array, model_noise: bool) -> jax.Array:
@@ -743,13 +747,16 @@ def sample_counts(key, model, x, *, sigma=None, sigma_space: str | None = None,
 
 
 @jax.tree_util.register_pytree_node_class
-class NoisyLogits:
-  """``logits_fn(x, key) -> logits``: one noisy forward pass, as a pytree (for the attacks).
+class PerImageNoiseLogits:
+  """``logits_fn(x, key) -> logits``: one noisy forward pass, input noise drawn per image.
 
-  ``key`` drives all of the model's noise including the Gaussian input noise at ``sigma``
-  (image ``b`` of the batch gets ``normal(fold_in(fold_in(key, 0), b))``, as in
-  :func:`sample_votes`). The parameters and ``sigma`` are pytree leaves, so jitted attacks take
-  them as arguments (no recompilation per checkpoint or sigma, no baked-in constants).
+  ``key`` drives all of the model's noise including the Gaussian input noise at ``sigma``:
+  image ``b`` of the batch gets ``normal(fold_in(fold_in(key, 0), b))``, as in
+  :func:`sample_votes`, so an image's noise does not depend on the rest of its batch (unlike
+  ``smoothjax.attacks.BatchNoiseLogits``, the model's own one draw per batch). A pytree (see
+  :func:`noisy_logits`, its function form): the parameters and ``sigma`` are leaves, so jitted
+  attacks take them as arguments (no recompilation per checkpoint or sigma, no baked-in
+  constants).
   """
 
   def __init__(self, graphdef, state, sigma, sigma_space: str, model_noise: bool,
@@ -764,6 +771,11 @@ class NoisyLogits:
                         sigma_space=self.sigma_space, model_noise=self.model_noise,
                         input_noise=self.input_noise)
 
+  @property
+  def noiseless(self) -> bool:
+    """Neither input nor model noise: every sample is the same forward pass."""
+    return not self.input_noise and not self.model_noise
+
   def tree_flatten(self):
     return (self.state, self.sigma), (self.graphdef, self.sigma_space, self.model_noise,
                                       self.input_noise)
@@ -775,21 +787,41 @@ class NoisyLogits:
 
 @jax.tree_util.register_pytree_node_class
 class SmoothedProbs:
-  """``probs_fn(x, key) -> (B, C)``: summed votes of ``num_samples`` samples / ``num_samples``.
+  """``probs_fn(x, key) -> (B, C)``: the mean vote of ``num_samples`` samples of ``logits_fn``.
 
-  Pure JAX (one ``lax.scan`` over samples, the image batch inside), a pytree like
-  :class:`NoisyLogits`. Sample ``s`` runs ``logits_fn(x, fold_in(key, s))``.
+  ``logits_fn(x, key)`` is any noisy model function (:class:`PerImageNoiseLogits`,
+  ``smoothjax.attacks.BatchNoiseLogits``, a closure). Sample ``s`` runs
+  ``logits_fn(x, fold_in(key, s))``; its votes (``vote.fn`` of its logits, e.g. ``"hard"``: the
+  argmax as a one-hot, ``"soft"``: the softmax) are summed over samples in one ``lax.scan`` (the
+  image batch inside) and divided by ``num_samples`` (``reduction="sum"``), or, with
+  ``reduction="stack"``, stacked ``(num_samples, B, C)`` and averaged (the two differ in the last
+  bits of soft votes; :func:`smoothed_probs_fn` stacks, as the attacks always have,
+  :func:`make_smoothed_probs_fn` sums, as the evaluation always has). A ``logits_fn`` whose
+  ``noiseless`` attribute is true is run once. A pytree: a pytree ``logits_fn`` keeps its array
+  leaves (jitted attacks take them as arguments), an opaque one (a closure) is static.
   """
 
-  def __init__(self, logits_fn: NoisyLogits, num_samples: int, vote: Vote, unroll: int = 1):
+  def __init__(self, logits_fn: LogitsFn, num_samples: int, vote: str | Vote = "hard",
+               unroll: int = 1, reduction: str = "sum"):
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+      raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if reduction not in ("sum", "stack"):
+      raise ValueError(f"reduction must be 'sum' or 'stack', got {reduction!r}")
     self.logits_fn, self.num_samples, self.vote, self.unroll = (logits_fn, int(num_samples),
-                                                                vote, unroll)
+                                                                get_vote(vote), unroll)
+    self.reduction = reduction
 
   def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
     key = _as_key(key)
     f = self.logits_fn
-    if not f.input_noise and not f.model_noise:  # no noise at all: every sample is the same
+    if getattr(f, "noiseless", False):  # no noise at all: every sample is the same
       return self.vote.fn(f(x, key)).astype(jnp.float32)
+    if self.reduction == "stack":
+      def one(_, s):
+        return None, self.vote.fn(f(x, jax.random.fold_in(key, s))).astype(jnp.float32)
+
+      _, votes = jax.lax.scan(one, None, jnp.arange(self.num_samples), unroll=self.unroll)
+      return jnp.mean(votes, 0)  # (n, B, C): small
 
     def body(acc, s):
       return acc + self.vote.fn(f(x, jax.random.fold_in(key, s))).astype(jnp.float32), None
@@ -800,15 +832,25 @@ class SmoothedProbs:
     return acc / self.num_samples
 
   def tree_flatten(self):
-    return (self.logits_fn,), (self.num_samples, self.vote, self.unroll)
+    return (self.logits_fn,), (self.num_samples, self.vote, self.unroll, self.reduction)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
     return cls(children[0], *aux)
 
 
-def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None) -> NoisyLogits:
-  """``logits_fn(x, key) -> logits`` (:class:`NoisyLogits`): one noisy forward pass.
+def smoothed_probs_fn(logits_fn: LogitsFn, *, num_samples: int, vote: str | Vote = "hard",
+                      unroll: int = 1) -> SmoothedProbs:
+  """The smoothed prediction of ``logits_fn`` (:class:`SmoothedProbs`, the ``num_samples``
+  votes stacked, then averaged), e.g. for NAttack."""
+  return SmoothedProbs(logits_fn, num_samples, vote, unroll, reduction="stack")
+
+
+NoisyLogits = PerImageNoiseLogits  # its former name
+
+
+def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None) -> PerImageNoiseLogits:
+  """``logits_fn(x, key) -> logits`` (:class:`PerImageNoiseLogits`): one noisy forward pass.
 
   Pure and differentiable; ``key`` drives all of the model's noise including the input noise
   at ``sigma`` (in ``sigma_space`` units; default: the model's own input noise).
@@ -816,8 +858,8 @@ def make_logits_fn(model, *, sigma=None, sigma_space: str | None = None) -> Nois
   graphdef, state = split_model(model)
   cfg = graphdef_config(graphdef, state)
   sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
-  return NoisyLogits(graphdef, state, np.float32(sigma), sigma_space,
-                     cfg.noise.any_model_noise, sigma != 0)
+  return PerImageNoiseLogits(graphdef, state, np.float32(sigma), sigma_space,
+                             cfg.noise.any_model_noise, sigma != 0)
 
 
 def make_smoothed_probs_fn(model, *, sigma=None, sigma_space: str | None = None,
@@ -829,7 +871,5 @@ def make_smoothed_probs_fn(model, *, sigma=None, sigma_space: str | None = None,
   ``s`` uses ``fold_in(key, s)`` as in :func:`sample_votes` (image ``b`` of the batch has index
   ``b``). For ``hard``: the fraction of samples voting each class.
   """
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   return SmoothedProbs(make_logits_fn(model, sigma=sigma, sigma_space=sigma_space), num_samples,
-                       get_vote(vote), unroll)
+                       vote, unroll)

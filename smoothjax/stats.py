@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import base64
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -115,13 +116,8 @@ class Interval(tuple):
     self.__dict__.update(info)
     return self
 
-  @property
-  def low(self) -> float:
-    return self[0]
-
-  @property
-  def high(self) -> float:
-    return self[1]
+  low = property(operator.itemgetter(0), doc="The lower bound.")
+  high = property(operator.itemgetter(1), doc="The upper bound.")
 
   def as_record(self, prefix: str = "accuracy") -> dict:
     """``{prefix_ci_low, prefix_ci_high, prefix_ci_method}`` for a results record (JSON-safe).
@@ -154,21 +150,10 @@ class PairedDifference(tuple):
     self.__dict__.update(info)
     return self
 
-  @property
-  def diff(self) -> float:
-    return self[0]
-
-  @property
-  def low(self) -> float:
-    return self[1]
-
-  @property
-  def high(self) -> float:
-    return self[2]
-
-  @property
-  def p_value(self) -> float:
-    return self[3]
+  diff = property(operator.itemgetter(0), doc="The estimated difference.")
+  low = property(operator.itemgetter(1), doc="The lower bound of the difference.")
+  high = property(operator.itemgetter(2), doc="The upper bound of the difference.")
+  p_value = property(operator.itemgetter(3), doc="The test's p-value.")
 
   def __repr__(self) -> str:
     return (f"PairedDifference(diff={self.diff:.6g}, low={self.low:.6g}, "

@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from smoothjax import attacks
-from smoothjax import checkpoints
 from smoothjax.attacks import _apgd as apgd
 
 HW, C = 4, 5
@@ -22,7 +21,7 @@ B = jnp.asarray(0.1 * _rng.randn(C).astype(np.float32))
 
 def clean_fn(x, key):
   del key
-  return x.reshape(x.shape[0], -1) @ W + B
+  return x.reshape(x.shape[0], -1) @ W + B[None]
 
 
 def noisy_fn(x, key):
@@ -30,7 +29,7 @@ def noisy_fn(x, key):
   xf = x.reshape(x.shape[0], -1)
   xf = xf + 0.1 * jax.random.normal(jax.random.fold_in(key, 0), xf.shape)
   w = W + 0.5 * jax.random.normal(jax.random.fold_in(key, 1), W.shape)
-  return xf @ w + B
+  return xf @ w + B[None]
 
 
 def _images(n, seed=0):
@@ -277,27 +276,18 @@ NUM_IMAGES, STEPS, EPS = 500, 20, 1 / 255
 
 
 @pytest.mark.slow
-def test_apgd_ce_robust_accuracy_matches_torchattacks(siam_resnet20, lossless_npz):
+def test_apgd_ce_robust_accuracy_matches_torchattacks(siam_twins):
   """APGD-CE-20 at eps = 1/255 on the SIAM ResNet-20, 500 lossless test images: JAX vs
   torchattacks (independent random starts) within 3 points of robust accuracy."""
   torch = pytest.importorskip("torch")
   torchattacks = pytest.importorskip("torchattacks")
-  import torch_models
-  torch.set_num_threads(2)
-  data = np.load(lossless_npz)
-  x = data["x_test"][:NUM_IMAGES].astype(np.float32) / 255
-  y = data["y_test"][:NUM_IMAGES].astype(np.int64)
-  model, info = checkpoints.load_model(siam_resnet20)
-  graphdef, state = nnx.split(model)
-  fn = attacks.model_logits_fn(graphdef, state, noise=False)
-  tm = torch_models.load_torch_model(
-      checkpoints.load_torch_state_dict(siam_resnet20), depth=20, family=info["family"],
-      mean=info["normalization"]["mean"], std=info["normalization"]["std"])
-  for p in tm.parameters():
-    p.requires_grad_(False)
+  import torch_reference
+  x, y, tm = siam_twins.x, siam_twins.y, siam_twins.torch_model
+  assert len(x) == NUM_IMAGES
+  fn = attacks.model_logits_fn(*nnx.split(siam_twins.model), noise=False)
 
   def acc_of(xa):
-    return float(np.mean(torch_models.logits_nhwc(tm, xa, 250).argmax(1) == y))
+    return float(np.mean(torch_reference.logits_nhwc(tm, xa, 250).argmax(1) == y))
 
   clean = acc_of(x)
   t0 = time.time()

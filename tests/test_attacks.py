@@ -11,6 +11,7 @@ from smoothjax import attacks
 from smoothjax.attacks import _pgd as attacks_pgd
 from smoothjax.cli import attacks as attacks_cli
 from smoothjax import models
+from smoothjax import smoothing
 from tiny_model import TinyConvNet
 
 HW, C = 4, 5
@@ -28,13 +29,13 @@ W, B = _linear()
 
 def clean_fn(x, key):
   del key
-  return x.reshape(x.shape[0], -1) @ W + B
+  return x.reshape(x.shape[0], -1) @ W + B[None]
 
 
 def noisy_fn(x, key):
   """Linear model with weight noise (one draw per forward pass, shared by the batch)."""
   w = W + 0.5 * jax.random.normal(jax.random.fold_in(key, 1), W.shape)
-  return x.reshape(x.shape[0], -1) @ w + B
+  return x.reshape(x.shape[0], -1) @ w + B[None]
 
 
 def inoisy_fn(x, key):
@@ -106,7 +107,7 @@ def test_pgd_finds_the_linear_optimum_linf():
   w2, b2 = _linear(seed=3, classes=2)
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   x = _images(16, seed=4)
   y = np.random.RandomState(5).randint(0, 2, 16)
@@ -126,7 +127,7 @@ def test_pgd_finds_the_linear_optimum_l2():
   w2, b2 = _linear(seed=3, classes=2)
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   x = 0.25 + 0.5 * _images(8, seed=6)  # far from the box: the L2 ball alone binds
   y = np.zeros(8, np.int64)
@@ -158,7 +159,7 @@ def test_accumulated_gradient_quirk():
   y2 = np.random.RandomState(5).randint(0, 2, len(X))
 
   def fn(x, key):
-    return x.reshape(x.shape[0], -1) @ w2 + b2
+    return x.reshape(x.shape[0], -1) @ w2 + b2[None]
 
   kw = dict(key=KEY, eps=0.05, steps=4, step_size=0.01)
   a = attacks.pgd(fn, X, y2, **kw)
@@ -434,7 +435,7 @@ def test_works_inside_a_callers_jit():
   # The trainer builds logits_fn from traced parameters inside its own jitted step.
   @jax.jit
   def step(w, x, y, key):
-    fn = lambda xv, k: xv.reshape(xv.shape[0], -1) @ w + B
+    fn = lambda xv, k: xv.reshape(xv.shape[0], -1) @ w + B[None]
     return attacks.pgd(fn, x, y, key=key, eps=0.05, steps=3, step_size=0.02)
 
   inside = step(W, jnp.asarray(X), jnp.asarray(Y), KEY)
@@ -588,3 +589,27 @@ def test_attack_vs_compute_smoothadv_uses_fixed_noise():
   want = attacks.craft("smoothadv", noisy_fn, X[:8], Y[:8], key=jax.random.fold_in(KEY, 0),
                        eps=0.05, steps=2, samples=2, fixed_noise=True)
   np.testing.assert_array_equal(seen[0], want)
+
+
+def test_loss_forms_and_smoothed_reductions_agree():
+  """One home for the losses and the smoothed prediction, each call site's numerics kept:
+  optax's form of the CE equals optax exactly and the attacks' form to rounding; KL from
+  logits equals KL from probabilities; hard votes stacked or summed give the same counts."""
+  import optax  # pylint: disable=import-outside-toplevel
+  logits = jax.random.normal(jax.random.key(0), (6, C)) * 3
+  y = jnp.arange(6) % C
+  np.testing.assert_array_equal(attacks.cross_entropy(logits, y, form="logsumexp"),
+                                optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  np.testing.assert_allclose(attacks.cross_entropy(logits, y), attacks.cross_entropy(
+      logits, y, form="logsumexp"), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="form"):
+    attacks.cross_entropy(logits, y, form="hinge")
+  other = jax.random.normal(jax.random.key(1), (6, C))
+  np.testing.assert_allclose(attacks.kl_divergence(logits, other, p_logits=True),
+                             attacks.kl_divergence(logits, jax.nn.softmax(other)), atol=1e-5)
+  stacked = attacks.smoothed_probs_fn(noisy_fn, num_samples=8, vote="hard")
+  summed = attacks.SmoothedProbs(noisy_fn, 8, "hard", reduction="sum")
+  np.testing.assert_array_equal(stacked(jnp.asarray(X), KEY), summed(jnp.asarray(X), KEY))
+  assert attacks.SmoothedProbs is smoothing.SmoothedProbs
+  with pytest.raises(ValueError, match="reduction"):
+    attacks.SmoothedProbs(noisy_fn, 8, "hard", reduction="median")

@@ -295,8 +295,8 @@ def test_restore_into_wrong_architecture_names_first_parameter(tmp_path):
 
 def _torch_state_dict(depth=20, num_classes=10, family="reference", shortcut=None):
   pytest.importorskip("torch")
-  import torch_models  # pylint: disable=g-import-not-at-top
-  tm = torch_models.CifarResNetTorch(depth, num_classes, family=family, shortcut=shortcut)
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  tm = torch_reference.CifarResNetTorch(depth, num_classes, family=family, shortcut=shortcut)
   sd = {k: v for k, v in tm.state_dict().items() if k not in ("mean", "std")}
   if family == "akamaster":
     sd = {"module." + k: v for k, v in sd.items()}

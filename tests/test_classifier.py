@@ -12,7 +12,7 @@ C = 4
 
 def _plain_jax_mlp(params, x):
   """A two-layer MLP written with nothing but jax.numpy (no smoothjax, no Flax)."""
-  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"][None])
   return h @ params["w2"]
 
 
@@ -60,7 +60,7 @@ def test_plain_jax_classifier_is_smoothed_certified_and_attacked():
 
 def test_stochastic_classifier_gets_a_key_per_sample():
   def dropout_mlp(params, x, key):
-    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"][None])
     if key is not None:
       h = h * jax.random.bernoulli(key, 0.5, h.shape) * 2
     return h @ params["w2"]

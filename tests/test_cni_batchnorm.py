@@ -165,7 +165,8 @@ class _SmallCNN(nnx.Module):
 
   def __call__(self, x, *, key=None, train=False, sigma=None, noise=True):
     key = key if noise else None
-    mean, std = jnp.asarray(self.config.mean), jnp.asarray(self.config.std)
+    mean = jnp.asarray(self.config.mean)[None, None, None]
+    std = jnp.asarray(self.config.std)[None, None, None]
     h = (x - mean) / std
     for conv, bn in zip(self.convs, self.bns):
       h = nnx.relu(bn(conv(h, key), use_running_average=not train))

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_cohen_models as tcm
+import torch_reference as tcm
 
 from smoothjax import certify as certify_lib
 from smoothjax import checkpoints

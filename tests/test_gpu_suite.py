@@ -9,14 +9,14 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SUITE = REPO / "benchmarks" / "gpu_suite.py"
+SUITE = [sys.executable, "-m", "benchmarks.gpu_suite"]  # run from the repository root
 
 
 def test_without_gpu_it_skips_everything_and_exits_0(tmp_path):
   out = tmp_path / "suite.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   t = time.monotonic()
-  r = subprocess.run([sys.executable, str(SUITE), f"--out={out}"], env=env, cwd=REPO,
+  r = subprocess.run([*SUITE, f"--out={out}"], env=env, cwd=REPO,
                      capture_output=True, text=True, timeout=120, check=False)
   assert r.returncode == 0, r.stderr
   assert time.monotonic() - t < 60
@@ -28,18 +28,17 @@ def test_without_gpu_it_skips_everything_and_exits_0(tmp_path):
 
 
 def test_benchmark_flags_exist():
-  sys.path.insert(0, str(REPO / "benchmarks"))
-  import gpu_suite  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top
   for name, (script, flags, _) in gpu_suite.SUITE.items():
-    src = (REPO / "benchmarks" / script).read_text()
+    src = (REPO / "benchmarks" / f"{script}.py").read_text()
     for flag in flags + ["--out=x"]:
       opt = flag.split("=", 1)[0]
       assert re.search(rf"add_argument\(\s*\"{opt}\"", src), f"{name}: {script} lacks {opt}"
 
 
 def test_dry_run_lists_commands():
-  r = subprocess.run([sys.executable, str(SUITE), "--dry_run", "--only=certify"], cwd=REPO,
+  r = subprocess.run([*SUITE, "--dry_run", "--only=certify"], cwd=REPO,
                      capture_output=True, text=True, timeout=60,
                        check=False)
   assert r.returncode == 0
-  assert "bench_certify.py --arch=resnet110" in r.stdout and "--n=100000" in r.stdout
+  assert "-m benchmarks.bench_certify --arch=resnet110" in r.stdout and "--n=100000" in r.stdout

@@ -93,7 +93,8 @@ def test_batchnorm_train_and_eval_modes():
   after = np.asarray(s2["bn1"]["mean"][...])
   assert np.allclose(before, 0) and not np.allclose(after, 0)
   # PyTorch momentum 0.1: new running mean = 0.9 * 0 + 0.1 * batch mean.
-  h = jax.lax.conv_general_dilated((X - jnp.asarray(m.config.mean)) / jnp.asarray(m.config.std),
+  h = jax.lax.conv_general_dilated((X - jnp.asarray(m.config.mean)[None, None, None])
+                                   / jnp.asarray(m.config.std)[None, None, None],
                                    m.conv1.kernel[...], (1, 1), ((1, 1), (1, 1)),
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(after, 0.1 * np.asarray(h.mean(axis=(0, 1, 2))), rtol=1e-4, atol=1e-6)

@@ -120,3 +120,24 @@ def test_noise_config_validation():
     noise_lib.NoiseConfig(input_sigma=-0.1)
   cfg = noise_lib.NoiseConfig(weight="cni", input_sigma=0.12)
   assert noise_lib.NoiseConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_rank_promotion_raises_and_explicit_broadcasts_are_bit_identical():
+  """conftest.py makes implicit rank promotion an error; the explicit per-channel broadcasts
+  that replaced it (``channels_last``, PNI-A's ``[None]``) give the same bits as NumPy's rule."""
+  x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+  std = (0.2, 0.3, 0.4)
+  with pytest.raises(ValueError, match="rank_promotion"):
+    _ = x * jnp.asarray(std)
+  key = jax.random.key(1)
+  got = noise_lib.add_input_noise(key, x, 0.25, sigma_space="normalized", std=std)
+  layer = noise_lib.PNIActivationNoise((4, 4, 3))
+  got_a = layer(x, key)
+  with jax.numpy_rank_promotion("allow"):
+    want = x + noise_lib.input_noise_scale(0.25, "normalized", std) * jax.random.normal(
+        key, x.shape, x.dtype)
+    s = jax.lax.stop_gradient(jnp.std(x, axis=(1, 2, 3), keepdims=True, ddof=1))
+    want_a = x + layer.alpha[...] * s * jax.random.normal(key, x.shape[1:], x.dtype)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(got_a), np.asarray(want_a))
+  assert noise_lib.channels_last(jnp.arange(3.0), 4).shape == (1, 1, 1, 3)

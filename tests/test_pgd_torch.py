@@ -2,7 +2,7 @@
 
 The PyTorch side is written here like the usual (and the reference's) loop: uniform random start
 in [-eps, eps], ``k`` steps ``x += a * sign(grad CE)``, projection onto the eps-ball and [0, 1].
-Both sides use the SIAM reference ResNet-20 (tests/torch_models.py loads the same state dict) on
+Both sides use the SIAM reference ResNet-20 (tests/torch_reference.py loads the same state dict) on
 the first 500 lossless CIFAR-10 test images; robust accuracies must agree within 2 points at
 eps = 0.5/255, 2/255 and 8/255 (the random starts differ, so per-image results may too).
 """
@@ -13,10 +13,9 @@ import pytest
 from flax import nnx
 
 from smoothjax import attacks
-from smoothjax import checkpoints
 
 torch = pytest.importorskip("torch")
-import torch_models  # noqa: E402  (needs torch)
+import torch_reference  # noqa: E402  (needs torch)
 
 NUM_IMAGES = 500
 STEPS = 7
@@ -36,20 +35,10 @@ def torch_pgd(model, x, y, *, eps, steps, step_size, generator):
 
 
 @pytest.mark.slow
-def test_pgd_robust_accuracy_matches_pytorch(siam_resnet20, lossless_npz):
-  torch.set_num_threads(2)
-  data = np.load(lossless_npz)
-  x = data["x_test"][:NUM_IMAGES].astype(np.float32) / 255
-  y = data["y_test"][:NUM_IMAGES].astype(np.int64)
-
-  model, info = checkpoints.model_from_torch(siam_resnet20)
-  graphdef, state = nnx.split(model)
-  fn = attacks.model_logits_fn(graphdef, state)
-  tm = torch_models.load_torch_model(
-      checkpoints.load_torch_state_dict(siam_resnet20), depth=20, family=info["family"],
-      mean=info["normalization"]["mean"], std=info["normalization"]["std"])
-  for p in tm.parameters():
-    p.requires_grad_(False)
+def test_pgd_robust_accuracy_matches_pytorch(siam_twins):
+  x, y, tm = siam_twins.x, siam_twins.y, siam_twins.torch_model
+  assert len(x) == NUM_IMAGES
+  fn = attacks.model_logits_fn(*nnx.split(siam_twins.model))
 
   jit_logits = jax.jit(lambda xv: fn(xv, None))
 
@@ -78,7 +67,7 @@ def test_pgd_robust_accuracy_matches_pytorch(siam_resnet20, lossless_npz):
         preds.append(tm(xta).argmax(1).numpy())
     acc_torch = float(np.mean(np.concatenate(preds) == y))
     # The JAX examples also fool the PyTorch model (same weights, so the same function).
-    acc_cross = float(np.mean(torch_models.logits_nhwc(tm, xa, 250).argmax(1) == y))
+    acc_cross = float(np.mean(torch_reference.logits_nhwc(tm, xa, 250).argmax(1) == y))
     report[eps] = (acc_jax, acc_torch, acc_cross)
     print(f"eps={eps:.5f}: clean {clean:.3f}  PGD-{STEPS} JAX {acc_jax:.3f}  "
           f"PyTorch {acc_torch:.3f}  JAX examples in PyTorch {acc_cross:.3f}")

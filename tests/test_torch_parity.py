@@ -1,6 +1,6 @@
 """PyTorch checkpoints imported into smoothjax: accuracy on real images and logits parity.
 
-The PyTorch side is tests/torch_models.py (an independent PyTorch CIFAR ResNet with the parameter
+The PyTorch side is tests/torch_reference.py (an independent PyTorch CIFAR ResNet with the parameter
 names of each family), loaded with ``strict=True`` from the same state dict.
 """
 
@@ -16,7 +16,7 @@ from smoothjax import models
 from smoothjax import noise as noise_lib
 
 torch = pytest.importorskip("torch")
-import torch_models  # noqa: E402  (needs torch)
+import torch_reference  # noqa: E402  (needs torch)
 
 AKAMASTER = {
     "resnet20": "resnet20-12fca82f.th",
@@ -42,11 +42,11 @@ def _logits(model, x, batch_size=500):
 
 def _torch_logits(state_dict, info, x):
   torch.set_num_threads(2)
-  tm = torch_models.load_torch_model(
+  tm = torch_reference.load_torch_model(
       state_dict, depth=int(info["arch"][len("resnet"):]), num_classes=info["num_classes"],
       family=info["family"], shortcut=info["shortcut"], mean=info["normalization"]["mean"],
       std=info["normalization"]["std"])
-  return torch_models.logits_nhwc(tm, x)
+  return torch_reference.logits_nhwc(tm, x)
 
 
 def _check_checkpoint(path, npz, *, family, arch):
@@ -87,7 +87,7 @@ def test_akamaster(arch, akamaster_dir, lossless_npz):
 def _randomised_torch_model(depth, num_classes, family, shortcut, seed):
   """A PyTorch model with random weights *and* random BatchNorm statistics / affine params."""
   g = torch.Generator().manual_seed(seed)
-  tm = torch_models.CifarResNetTorch(depth, num_classes, family=family, shortcut=shortcut)
+  tm = torch_reference.CifarResNetTorch(depth, num_classes, family=family, shortcut=shortcut)
   with torch.no_grad():
     for name, t in tm.state_dict().items():
       if name in ("mean", "std") or name.endswith("num_batches_tracked"):
@@ -113,10 +113,10 @@ def test_random_weights_parity(family, shortcut):
   assert (info["family"], info["shortcut"], info["arch"], info["num_classes"]) == (
       family, shortcut, "resnet20", num_classes)
   mean, std = checkpoints.FAMILIES[family]
-  tm_norm = torch_models.load_torch_model(sd, depth=20, num_classes=num_classes, family=family,
+  tm_norm = torch_reference.load_torch_model(sd, depth=20, num_classes=num_classes, family=family,
                                           shortcut=shortcut, mean=mean, std=std)
   x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype(np.float32)
-  ref = torch_models.logits_nhwc(tm_norm, x)
+  ref = torch_reference.logits_nhwc(tm_norm, x)
   got = np.asarray(model(x))
   assert np.abs(ref).max() > 0.1  # a non-degenerate network
   np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
@@ -131,10 +131,10 @@ def test_noisy_import_keeps_noise_init_and_clean_parity():
   assert info["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3, "source": "override"}
   alphas = jax.tree.leaves(nnx.state(model, noise_lib.NoiseScale))
   assert alphas and all(np.all(np.asarray(a) == 0.25) for a in alphas)
-  ref_model = torch_models.load_torch_model(sd, depth=20, family="reference",
+  ref_model = torch_reference.load_torch_model(sd, depth=20, family="reference",
                                             mean=(0.5,) * 3, std=(0.25,) * 3)
   x = np.random.default_rng(1).uniform(size=(4, 32, 32, 3)).astype(np.float32)
-  ref = torch_models.logits_nhwc(ref_model, x)
+  ref = torch_reference.logits_nhwc(ref_model, x)
   np.testing.assert_allclose(np.asarray(model(x, noise=False)), ref, rtol=0, atol=ATOL)
 
 
@@ -167,7 +167,7 @@ def test_noisy_reference_import_same_logits_for_the_same_draws(noise, granularit
   transposition or row permutation changes the logits) give PyTorch's logits when both sides
   use the same standard-normal draws, permuted to each side's layout."""
   tm = _randomised_torch_model(20, 10, "reference", "B", seed=7)
-  noisy = torch_models.CifarResNetTorch(20, 10, family="reference", noise=noise,
+  noisy = torch_reference.CifarResNetTorch(20, 10, family="reference", noise=noise,
                                         pni_granularity=granularity, rank=3)
   g = torch.Generator().manual_seed(8)
   sd = {k: v for k, v in tm.state_dict().items() if k not in ("mean", "std")}
@@ -188,7 +188,7 @@ def test_noisy_reference_import_same_logits_for_the_same_draws(noise, granularit
     assert cfg.pni_granularity == granularity
   else:
     assert (cfg.cni_rank, cfg.cni_head_pni) == (3, True)
-  ref_model = torch_models.load_torch_model(
+  ref_model = torch_reference.load_torch_model(
       sd, depth=20, family="reference", mean=model.config.mean, std=model.config.std,
       noise=noise, pni_granularity=granularity, rank=3)
   x = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype(np.float32)
@@ -199,7 +199,7 @@ def test_noisy_reference_import_same_logits_for_the_same_draws(noise, granularit
   assert len(draws) == (2 * 21 + 1 if noise == "cni" else 22)
   queue = [_as_torch_draw(d) for d in draws]
   ref_model.set_draws(lambda shape: queue.pop(0).reshape(shape))
-  ref = torch_models.logits_nhwc(ref_model, x)
+  ref = torch_reference.logits_nhwc(ref_model, x)
   assert not queue
   clean = np.asarray(model(x, noise=False))
   assert np.abs(got - clean).max() > 0.05  # the noise matters at this tolerance
@@ -207,7 +207,7 @@ def test_noisy_reference_import_same_logits_for_the_same_draws(noise, granularit
 
 
 def test_noisy_reference_import_errors_stay_clear():
-  tm = torch_models.CifarResNetTorch(20, 10, family="reference", noise="cni")
+  tm = torch_reference.CifarResNetTorch(20, 10, family="reference", noise="cni")
   sd = {k: v for k, v in tm.state_dict().items() if k not in ("mean", "std")}
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"holds cni_w noise parameters .*noise='pni_w'"):
@@ -223,7 +223,7 @@ def test_noisy_reference_import_errors_stay_clear():
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"'layer2.0.downsample.0.alphaf_w' is missing"):
     checkpoints.model_from_torch(missing)
-  pni = torch_models.CifarResNetTorch(20, 10, family="reference", noise="pni").state_dict()
+  pni = torch_reference.CifarResNetTorch(20, 10, family="reference", noise="pni").state_dict()
   mixed = dict(sd, **{"layer1.0.conv1.alpha": pni["layer1.0.conv1.alpha"]})
   with pytest.raises(checkpoints.CheckpointError, match="mixes PNI .* and CNI"):
     checkpoints.model_from_torch(mixed)

@@ -29,13 +29,13 @@ class TinyLinear(nnx.Module):
 
   def __call__(self, x, *, key=None, train=False, sigma=None, noise=True):
     assert sigma in (None, 0)
-    mean = jnp.asarray(self.config.mean)
-    std = jnp.asarray(self.config.std)
+    mean = models.noise_lib.channels_last(jnp.asarray(self.config.mean), x.ndim)
+    std = models.noise_lib.channels_last(jnp.asarray(self.config.std), x.ndim)
     xn = ((x - mean) / std).reshape(x.shape[0], -1)
     w = self.w[...]
     if noise and key is not None and self.weight_noise:
       w = w + self.weight_noise * jax.random.normal(jax.random.fold_in(key, 1), w.shape)
-    return xn @ w + self.b[...]
+    return xn @ w + self.b[...][None]
 
 
 def images(n, hw=4, seed=0):
@@ -83,6 +83,7 @@ class TinyNoisyCNN(nnx.Module):
     if key is not None and noise and cfg.noise.input_sigma:
       x = models.noise_lib.add_input_noise(jax.random.fold_in(key, 0), x, cfg.noise.input_sigma,
                                            std=cfg.std)
-    x = (x - jnp.asarray(cfg.mean)) / jnp.asarray(cfg.std)
+    x = ((x - models.noise_lib.channels_last(jnp.asarray(cfg.mean), x.ndim))
+         / models.noise_lib.channels_last(jnp.asarray(cfg.std), x.ndim))
     h = nnx.relu(self.bn(self.conv(x, key if noise else None), use_running_average=not train))
     return self.fc(h.mean(axis=(1, 2)), None)

@@ -74,17 +74,18 @@ from smoothjax.attacks._checks import attack_vs_compute, run_sanity_checks
 from smoothjax.attacks._common import (ATTACKS, NORMS, GradientMaskingWarning, LogitsFn,
                                        cross_entropy, kl_divergence)
 from smoothjax.attacks._craft import craft
-from smoothjax.attacks._logits import (ModelLogits, SmoothedProbs, model_logits_fn,
-                                       smoothed_probs_fn)
+from smoothjax.attacks._logits import BatchNoiseLogits, ModelLogits, model_logits_fn
 from smoothjax.attacks._nattack import nattack
 from smoothjax.attacks._pgd import epgd, fgsm, pgd, pgd_s, smoothadv, trades_adversary
 from smoothjax.plots import plot_attack_vs_compute
+from smoothjax.smoothing import SmoothedProbs, smoothed_probs_fn
 
 __all__ = [
     "ATTACKS",
     "NORMS",
     "GradientMaskingWarning",
     "LogitsFn",
+    "BatchNoiseLogits",
     "ModelLogits",
     "model_logits_fn",
     "SmoothedProbs",

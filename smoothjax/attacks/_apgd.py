@@ -65,7 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from smoothjax._utils import as_key as _as_key
-from smoothjax.attacks._common import _join_fn, _split_fn
+from smoothjax.attacks._common import (_attack_inputs, _check_int, _check_number, _join_fn,
+                                       _split_fn)
 
 __all__ = [
     "LOSSES",
@@ -439,13 +440,8 @@ def apgd(logits_fn: LogitsFn, x, y, *, key, eps, steps: int = 20, loss: str = "c
   cfg = _make_config(steps=steps, loss=loss, norm=norm, eot_samples=eot_samples,
                      restarts=restarts, rho=rho, momentum=momentum, initial_step=initial_step,
                      schedule=schedule)
-  _check_eps(eps)
-  fn_static, fn_leaves = _split_fn(logits_fn)
-  key = _as_key(key)
-  if not isinstance(x, jax.core.Tracer):
-    x = jnp.asarray(x, jnp.float32)
-  if x.ndim < 2:
-    raise ValueError(f"x must be a batch of images (at least 2-D), got shape {x.shape}")
+  _check_number("eps", eps)
+  fn_static, fn_leaves, key, x = _attack_inputs(logits_fn, key, x)
   y = jnp.asarray(y)
   if y.shape != x.shape[:1]:
     raise ValueError(f"y must hold {x.shape[0]} labels, got shape {y.shape}")
@@ -532,21 +528,9 @@ _fooled_jit = jax.jit(_fooled_impl, static_argnums=(0,))
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(name, v, lo=1):
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-    raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
 def _check_choice(name, v, choices):
   if v not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {v!r}")
-
-
-def _check_eps(eps):
-  if not isinstance(eps, jax.core.Tracer):
-    e = float(eps)
-    if not (math.isfinite(e) and e >= 0):
-      raise ValueError(f"eps must be a finite number >= 0, got {e}")
 
 
 def _make_config(*, steps, loss, norm, eot_samples, restarts, rho, momentum, initial_step,

@@ -12,6 +12,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from smoothjax._utils import as_key as _as_key
 
 ATTACKS = ("none", "fgsm", "pgd", "epgd", "smoothadv", "pgd_s", "transfer", "nattack",
            "apgd_ce", "apgd_dlr", "autoattack_rand")
@@ -32,14 +35,34 @@ class GradientMaskingWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example cross-entropy of integer labels ``y``."""
+def cross_entropy(logits: jax.Array, y: jax.Array, *, form: str = "log_softmax") -> jax.Array:
+  """Per-example cross-entropy of integer labels ``y``.
+
+  ``form="log_softmax"`` (the attacks): ``-log_softmax(logits)[y]`` in float32;
+  ``form="logsumexp"`` (the training objectives): optax's ``logsumexp(logits) - logits[y]``. The
+  two agree up to the last bits of their gradients; each is kept where it was used, so that
+  attacks and training stay bit-identical.
+  """
+  if form == "logsumexp":
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  if form != "log_softmax":
+    raise ValueError(f"form must be 'log_softmax' or 'logsumexp', got {form!r}")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), -1)[:, 0]
 
 
-def kl_divergence(logits: jax.Array, p: jax.Array) -> jax.Array:
-  """Per-example ``KL(p || softmax(logits))`` (TRADES' inner maximisation target)."""
+def kl_divergence(logits: jax.Array, p: jax.Array, *, p_logits: bool = False) -> jax.Array:
+  """Per-example ``KL(p || softmax(logits))``.
+
+  ``p``: probabilities (TRADES' inner maximisation target: ``sum xlogy(p, p) - p log q``, no
+  gradient needed through ``p``), or, with ``p_logits=True``, logits of ``p`` (TRADES' training
+  loss: ``sum exp(log p) (log p - log q)``, differentiable in both arguments). The two forms are
+  kept as they were written in the two places that use them, so each stays bit-identical.
+  """
+  if p_logits:
+    logp = jax.nn.log_softmax(p)
+    logq = jax.nn.log_softmax(logits)
+    return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
   logq = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   return jnp.sum(jax.scipy.special.xlogy(p, p) - p * logq, -1)
 
@@ -117,22 +140,45 @@ def _join_fn(static, dynamic):
   return jax.tree.unflatten(treedef, leaves)
 
 
+def _attack_inputs(logits_fn, key, x):
+  """``(fn_static, fn_leaves, key, x)``: the split ``logits_fn``, a typed key, float32 images."""
+  fn_static, fn_leaves = _split_fn(logits_fn)
+  key = _as_key(key)
+  if not isinstance(x, jax.core.Tracer):
+    x = jnp.asarray(x, jnp.float32)
+  if x.ndim < 2:
+    raise ValueError(f"x must be a batch of images (at least 2-D), got shape {x.shape}")
+  return fn_static, fn_leaves, key, x
+
+
 def _tracing(*trees) -> bool:
   return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
+def _check_int(name: str, v, lo: int = 1) -> None:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+    raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _check_number(name: str, v):
+  """``float(v)`` of a finite number >= 0; a traced ``v`` is returned as it is."""
+  if isinstance(v, jax.core.Tracer):
+    return v
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number, got {v!r}") from None
+  if not (math.isfinite(f) and f >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0, got {f}")
+  return f
+
+
 def _check_common(*, eps, steps, step_size, norm, samples=1, restarts=1):
+  """The attacks' shared settings (one check for every attack and for ``craft``)."""
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-  if not isinstance(steps, (int, np.integer)) or steps < 1:
-    raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-  if not isinstance(samples, (int, np.integer)) or samples < 1:
-    raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-  if not isinstance(restarts, (int, np.integer)) or restarts < 1:
-    raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+  for name, v in (("steps", steps), ("samples", samples), ("restarts", restarts)):
+    _check_int(name, v)
   for name, v in (("eps", eps), ("step_size", step_size)):
-    if not isinstance(v, jax.core.Tracer):
-      v = float(v)
-      if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    _check_number(name, v)
 

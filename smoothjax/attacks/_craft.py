@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 
 from smoothjax._utils import as_key as _as_key
 from smoothjax._utils import pad_rows
 from smoothjax.attacks._apgd import apgd, autoattack_rand
-from smoothjax.attacks._common import _APGD, _WHITE_BOX, ATTACKS, NORMS, LogitsFn
+from smoothjax.attacks._common import (_APGD, _WHITE_BOX, ATTACKS, LogitsFn, _check_common,
+                                       _check_int, _check_number)
 from smoothjax.attacks._nattack import nattack
 from smoothjax.attacks._pgd import epgd, fgsm, pgd, pgd_s, smoothadv
 
@@ -67,19 +66,7 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
   """
   if name not in ATTACKS:
     raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
-  if norm not in NORMS:
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-  try:
-    eps = float(eps)
-  except (TypeError, ValueError):
-    raise ValueError(f"eps must be a number, got {eps!r}") from None
-  if not (math.isfinite(eps) and eps >= 0):
-    raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-  for nm, v, lo in (("steps", steps, 1), ("samples", samples, 1), ("restarts", restarts, 1),
-                    ("batch_size", batch_size, 1), ("population", population, 2),
-                    ("iterations", iterations, 1)):
-    if not isinstance(v, (int, np.integer)) or v < lo:
-      raise ValueError(f"{nm} must be an integer >= {lo}, got {v!r}")
+  eps = _check_number("eps", eps)
   x = np.asarray(x, np.float32)
   y = np.asarray(y)
   if x.ndim < 2 or len(x) == 0:
@@ -94,9 +81,12 @@ def craft(name: str, logits_fn: LogitsFn | None, x, y, *, key, eps, norm: str = 
       step_size = 1.25 * eps if kw.get("random_start", False) else eps
     else:
       step_size = eps / 4
-  step_size = float(step_size)
-  if not (math.isfinite(step_size) and step_size >= 0):
-    raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
+  step_size = _check_number("step_size", step_size)
+  _check_common(eps=eps, steps=steps, step_size=step_size, norm=norm, samples=samples,
+                restarts=restarts)
+  for nm, v, lo in (("batch_size", batch_size, 1), ("population", population, 2),
+                    ("iterations", iterations, 1)):
+    _check_int(nm, v, lo)
   if name == "none":
     return x.copy()
   if name == "transfer":

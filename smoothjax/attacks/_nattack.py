@@ -71,7 +71,7 @@ def _nattack_impl(fn_static, fn_leaves, x, y, key, eps, cfg: _NAttackConfig):
   def query(mu, kt):
     noise = jax.random.normal(jax.random.fold_in(kt, 0), (p,) + x.shape, x.dtype)
     mean_img = image(w0 + mu)
-    cands = jax.vmap(image)(w0 + mu + cfg.sigma * noise)  # (P, B, ...)
+    cands = jax.vmap(image)((w0 + mu)[None] + cfg.sigma * noise)  # (P, B, ...)
     allx = jnp.concatenate([mean_img[None], cands]).reshape((p + 1) * b, *x.shape[1:])
     probs = fn(allx, jax.random.fold_in(kt, 1)).astype(jnp.float32)  # one call per iteration
     probs = probs.reshape(p + 1, b, -1)
@@ -104,7 +104,7 @@ def _nattack_impl(fn_static, fn_leaves, x, y, key, eps, cfg: _NAttackConfig):
     score = confirmation(mean_img, kt, hit)
     succ, best, x_adv = update(hit, score, mean_img, succ, best, x_adv, hit)
     reward = -0.5 * margin(probs[1:])  # (P, B)
-    a = (reward - reward.mean(0)) / (reward.std(0) + 1e-7)
+    a = (reward - reward.mean(0)[None]) / (reward.std(0)[None] + 1e-7)
     step = (cfg.lr / (p * cfg.sigma)) * jnp.einsum("pb...,pb->b...", noise, a)
     mu = jnp.where(per_image(succ), mu, mu + step)
     return t + 1, mu, succ, best, x_adv

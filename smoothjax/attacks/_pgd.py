@@ -4,13 +4,9 @@ Keys: ``k_restarts, k_select = split(key)``; restart ``r`` uses ``fold_in(k_rest
 into ``(k_start, k_steps, k_fixed)``; step ``t`` uses ``k_t = fold_in(k_steps, t)`` and its noise
 draw ``j`` runs the model with ``fold_in(k_t, j)`` (``fold_in(k_fixed, j)`` with fixed noise).
 
-References:
-  Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
-  Nemcovsky et al., "Smoothed Inference for Improving Adversarial Robustness", arXiv 1911.07198.
-  Salman et al., "Provably Robust Deep Learning via Adversarially Trained Smoothed
-  Classifiers", NeurIPS 2019.
-  Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy", ICML 2019.
-  Wong, Rice, Kolter, "Fast is better than free", ICLR 2020.
+References: Madry et al. (ICLR 2018), Nemcovsky et al. (arXiv 1911.07198), Salman et al.
+(NeurIPS 2019), Zhang et al. (ICML 2019), Wong et al. (ICLR 2020); the full titles are in
+:mod:`smoothjax.attacks`.
 """
 
 from __future__ import annotations
@@ -23,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from smoothjax._utils import as_key as _as_key
-from smoothjax.attacks._common import (LogitsFn, _ascent_step, _check_common, _join_fn,
-                                       _project, _random_start, _split_fn, _tracing,
+from smoothjax.attacks._common import (LogitsFn, _ascent_step, _attack_inputs, _check_common,
+                                       _join_fn, _project, _random_start, _tracing,
                                        cross_entropy, kl_divergence)
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +175,7 @@ _attack_jit = jax.jit(_attack_impl, static_argnums=(0,), static_argnames=("cfg",
 
 
 def _run(logits_fn, x, y, key, eps, step_size, cfg: _Config):
-  fn_static, fn_leaves = _split_fn(logits_fn)
-  key = _as_key(key)
-  if not isinstance(x, jax.core.Tracer):
-    x = jnp.asarray(x, jnp.float32)
-  if x.ndim < 2:
-    raise ValueError(f"x must be a batch of images (at least 2-D), got shape {x.shape}")
+  fn_static, fn_leaves, key, x = _attack_inputs(logits_fn, key, x)
   y = jax.tree.map(jnp.asarray, y)
   eps = jnp.asarray(eps, jnp.float32)
   step_size = jnp.asarray(step_size, jnp.float32)

@@ -49,7 +49,7 @@ from flax import nnx, traverse_util
 
 from smoothjax import models as models_lib
 from smoothjax import resnet50 as resnet50_lib
-from smoothjax.checkpoints._common import CheckpointError, parse_normalization
+from smoothjax.checkpoints._common import CheckpointError, numpy_state_dict, parse_normalization
 from smoothjax.checkpoints._torch import model_from_torch
 
 __all__ = [
@@ -299,12 +299,10 @@ def model_from_cohen(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
   elif isinstance(path_or_state_dict, Mapping) and isinstance(
       path_or_state_dict.get("state_dict"), Mapping):
     obj = path_or_state_dict
-    raw = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-           for k, v in obj["state_dict"].items()}
+    raw = numpy_state_dict(obj["state_dict"])
     meta, torch_arch = _scalars(obj), obj.get("arch")
   elif isinstance(path_or_state_dict, Mapping):
-    raw = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-           for k, v in path_or_state_dict.items()}
+    raw = numpy_state_dict(path_or_state_dict)
   else:
     raise CheckpointError(
         f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")

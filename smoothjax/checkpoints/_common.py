@@ -6,6 +6,7 @@ import math
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from flax import traverse_util
 
@@ -16,6 +17,12 @@ FAMILIES = {
     "akamaster": models_lib.AKAMASTER_NORMALIZATION,
 }
 TORCH_SUFFIXES = (".pth", ".pt", ".th", ".tar")
+
+
+def numpy_state_dict(sd) -> dict:
+  """``{name: NumPy array}`` of a state dict of PyTorch tensors or arrays."""
+  return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+          for k, v in sd.items()}
 
 
 class CheckpointError(ValueError):

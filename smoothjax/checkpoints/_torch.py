@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from smoothjax import models as models_lib
 from smoothjax import noise as noise_lib
-from smoothjax.checkpoints._common import (CheckpointError, _abstract_model,
+from smoothjax.checkpoints._common import (CheckpointError, _abstract_model, numpy_state_dict,
                                            _initial_values, _is_auto, parse_normalization)
 
 def _import_torch():
@@ -365,8 +365,7 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
     raw = {k: v.detach().cpu().numpy() for k, v in sd.items()}
     torch_meta = _torch_scalars(obj)
   elif isinstance(path_or_state_dict, Mapping):
-    raw = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-           for k, v in path_or_state_dict.items()}
+    raw = numpy_state_dict(path_or_state_dict)
   else:
     raise CheckpointError(
         f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")

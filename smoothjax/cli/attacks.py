@@ -106,12 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   sigma = "model's own" if args.sigma is None else f"{args.sigma:g} ({args.sigma_space})"
   plots.plot_attack_vs_compute(rows, out, title=f"eps={args.eps:.4g} {args.norm}, sigma={sigma}, "
                          f"{len(x)} images")
-  settings = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
-  out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows},
-                                                 indent=1) + "\n")
   for r in rows:
     print(f"{r['attack']:10s} k={r['steps']:<3d} m={r['samples']:<3d} compute={r['compute']:<4d}"
           f" {r.get('label', ''):8s} accuracy={100 * r['accuracy']:.1f}%")
+  settings = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
+  out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows},
+                                                 indent=1) + "\n")
   print(f"wrote {out} and {out.with_suffix('.json')}")
   return 0
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from smoothjax import attacks
@@ -172,7 +171,7 @@ def forward(graphdef: nnx.GraphDef, params: Any, rest: Any, x: jax.Array, *, key
 
 
 def _ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return attacks.cross_entropy(logits, y, form="logsumexp").mean()
 
 
 def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -181,9 +180,7 @@ def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 def _kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   """Batch mean of KL(softmax p || softmax q) (TRADES' KLDivLoss(sum) / batch)."""
-  logp = jax.nn.log_softmax(logits_p)
-  logq = jax.nn.log_softmax(logits_q)
-  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1).mean()
+  return attacks.kl_divergence(logits_q, logits_p, p_logits=True).mean()
 
 
 def adversarial_examples(objective: Objective, graphdef: nnx.GraphDef, params: Any, rest: Any,

@@ -17,8 +17,9 @@ noise draw and pools BatchNorm's statistics over all of them (``objective.noise_
 way. With one draw per batch (``--config.objective.noise_draws=1``), BatchNorm's batch
 statistics remove each draw's per-channel offsets in training and nothing removes them at
 evaluation (a one-epoch pre-flight of that setting predicted one class in eval mode; whether
-pooling draws prevents it over a full run is not yet measured, see below). ``--config.objective.train_bn=frozen``
-(running statistics throughout, never updated) is the other remedy.
+pooling draws prevents it over a full run is not yet measured, see below).
+``--config.objective.train_bn=frozen`` (running statistics throughout, never updated) is the
+other remedy.
 
 Data: as ``resnet20_fast_at.py`` (the JPEG CIFAR-10 tar beside the checkout, else tfds).
 Expected runtime: on 2 busy CPU cores a step took ~5 s with 8 draws (grouped convolutions)
