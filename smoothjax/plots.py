@@ -5,11 +5,11 @@
   band = the records' confidence interval (``accuracy_ci_low`` .. ``accuracy_ci_high``, see
   :func:`smoothjax.stats.accuracy_ci`) where available.
 * :func:`plot_accuracy_vs_sigma`: accuracy against sigma at the largest ``n``, a line per
-  (vote, attack).
+  (vote, attack), with the same error bars and bands.
 * :func:`plot_attack_vs_compute`: accuracy against attack compute k * m (the paper's Fig. 0.B.3),
   from :func:`smoothjax.attacks.attack_vs_compute`'s rows.
 * :func:`plot_certified_accuracy`: Cohen et al.'s certified accuracy against the L2 radius, a
-  line per sigma, from the per-image radii.
+  line per sigma, from the per-image radii, with a Clopper-Pearson band.
 
 All take the flat records of ``results.json`` (dicts) and write one PNG atomically.
 """
@@ -53,6 +53,16 @@ def _finish(plt, fig, ax, path, *, xlabel: str, ylabel: str, title: str, legend:
   plt.close(fig)
 
 
+def _band(ax, xs, rows, color) -> None:
+  """Shades the records' confidence interval (``accuracy_ci_low`` .. ``_high``) where present."""
+  band = [(x, r.get("accuracy_ci_low"), r.get("accuracy_ci_high")) for x, r in zip(xs, rows)]
+  band = [b for b in band if b[1] is not None and b[2] is not None
+          and np.isfinite(b[1]) and np.isfinite(b[2])]
+  if band:
+    ax.fill_between([b[0] for b in band], [100 * b[1] for b in band],
+                    [100 * b[2] for b in band], alpha=0.18, linewidth=0, color=color)
+
+
 def _label(sigma, space, attack) -> str:
   s = f"σ={sigma:g}" + (" (norm.)" if space == "normalized" else "")
   return s if attack == "none" else f"{s}, {attack}"
@@ -74,12 +84,7 @@ def plot_accuracy_vs_n(records: Iterable[Mapping], path, *, vote: str, title: st
     line = ax.errorbar(n, acc, yerr=std, marker="o", ms=3, capsize=2,
                        linestyle="-" if attack == "none" else "--",
                        label=_label(sigma, space, attack))
-    band = [(m, r.get("accuracy_ci_low"), r.get("accuracy_ci_high")) for m, r in zip(n, sel)
-            if r.get("accuracy_ci_low") is not None and r.get("accuracy_ci_high") is not None]
-    if band:
-      ax.fill_between([b[0] for b in band], [100 * b[1] for b in band],
-                      [100 * b[2] for b in band], alpha=0.18, linewidth=0,
-                      color=line[0].get_color())
+    _band(ax, n, sel, line[0].get_color())
   ax.set_xscale("log", base=2)
   _finish(plt, fig, ax, path, xlabel="number of samples n", ylabel="accuracy (%)",
           title=title or f"smoothed accuracy vs n ({vote} vote)", legend=bool(keys))
@@ -95,10 +100,12 @@ def plot_accuracy_vs_sigma(records: Iterable[Mapping], path, *, title: str = "")
   for vote, attack in keys:
     sel = sorted((r for r in rows if r["vote"] == vote and r["attack"] == attack
                   and r["n"] == n_max), key=lambda r: r["sigma"])
-    ax.errorbar([r["sigma"] for r in sel], [100 * r["accuracy"] for r in sel],
-                yerr=[100 * r["accuracy_std"] for r in sel], marker="o", ms=3, capsize=2,
-                linestyle="-" if attack == "none" else "--",
-                label=vote if attack == "none" else f"{vote}, {attack}")
+    sig = [r["sigma"] for r in sel]
+    line = ax.errorbar(sig, [100 * r["accuracy"] for r in sel],
+                       yerr=[100 * r["accuracy_std"] for r in sel], marker="o", ms=3, capsize=2,
+                       linestyle="-" if attack == "none" else "--",
+                       label=vote if attack == "none" else f"{vote}, {attack}")
+    _band(ax, sig, sel, line[0].get_color())
   space = rows[0]["sigma_space"] if rows else "pixel"
   _finish(plt, fig, ax, path,
           xlabel=f"σ ({'[0,1] pixels' if space == 'pixel' else 'normalised units'})",
@@ -108,7 +115,13 @@ def plot_accuracy_vs_sigma(records: Iterable[Mapping], path, *, title: str = "")
 
 def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Sequence[bool]]],
                             path, *, title: str = "") -> None:
-  """Certified accuracy vs L2 radius ([0, 1] pixels): ``{sigma: (radii, correct)}``."""
+  """Certified accuracy vs L2 radius ([0, 1] pixels): ``{sigma: (radii, correct)}``.
+
+  The band is the 95% Clopper-Pearson interval over the images at each radius (CERTIFY draws
+  its input noise per image, so the images' outcomes are independent for a model without
+  weight or activation noise; a model-noise block shared by several images makes it narrower
+  than the truth).
+  """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   r_max = 0.0
@@ -117,11 +130,18 @@ def plot_certified_accuracy(per_sigma: Mapping[float, tuple[Sequence[float], Seq
     if radius.size:
       r_max = max(r_max, float(radius.max()))
   grid = np.linspace(0, max(r_max * 1.05, 0.1), 200)
+  from smoothjax import stats  # pylint: disable=import-outside-toplevel
   for sigma in sorted(per_sigma):
     radius, correct = (np.asarray(a) for a in per_sigma[sigma])
     correct = correct.astype(bool)
-    acc = [100 * (correct & (radius >= r)).mean() if radius.size else 0.0 for r in grid]
-    ax.plot(grid, acc, label=f"σ={sigma:g}")
+    if not radius.size:
+      ax.plot(grid, np.zeros_like(grid), label=f"σ={sigma:g}")
+      continue
+    hits = correct[None, :] & (radius[None, :] >= grid[:, None])
+    line, = ax.plot(grid, 100 * hits.mean(1), label=f"σ={sigma:g}")
+    cis = [stats.accuracy_ci(h, block_ids=np.arange(len(h))) for h in hits]
+    ax.fill_between(grid, [100 * c.low for c in cis], [100 * c.high for c in cis], alpha=0.18,
+                    linewidth=0, color=line.get_color())
   _finish(plt, fig, ax, path, xlabel="L2 radius ([0,1] pixels)",
           ylabel="certified accuracy (%)",
           title=title or "certified accuracy (Cohen et al. CERTIFY)", legend=bool(per_sigma))
@@ -134,6 +154,7 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
   per line; rows with a ``"label"`` (e.g. ``"n=1"``, ``"n=64"``: the smoothing the examples
   were scored with) get one line style per label. SmoothAdv lines say whether its noise draws
   were fixed across steps (``"fixed_noise"``; rows without it: fresh draws, i.e. PGD-s).
+  Rows with ``accuracy_ci_low`` / ``accuracy_ci_high`` get their confidence interval as a band.
   """
   plt = _pyplot()
 
@@ -154,9 +175,10 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
     name = a if a == "pgd" else f"{a} m={m}"
     if lbl:
       name += f" ({lbl})"
+    color = colors[series.index((a, m)) % len(colors)]
     ax.plot([r["compute"] for r in rs], [100 * r["accuracy"] for r in rs], marker="o",
-            color=colors[series.index((a, m)) % len(colors)],
-            linestyle=styles[labels.index(lbl) % len(styles)], label=name)
+            color=color, linestyle=styles[labels.index(lbl) % len(styles)], label=name)
+    _band(ax, [r["compute"] for r in rs], rs, color)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("attack compute k·m (gradient evaluations)")
   ax.set_ylabel("accuracy under attack (%)")
@@ -164,5 +186,5 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)

@@ -142,7 +142,9 @@ def attack_vs_compute(logits_fn: LogitsFn, x, y, *, key, eps,
       k); its duplicate budgets run once.
     attacks: any of ``pgd``, ``epgd``, ``smoothadv``, ``pgd_s``.
     accuracy_fn: ``accuracy_fn(x_adv) -> float`` (e.g. the smoothed accuracy at some n), or
-      a ``{label: float}`` dict (e.g. ``{"n=1": ..., "n=64": ...}``): one row per label.
+      a ``{label: float}`` dict (e.g. ``{"n=1": ..., "n=64": ...}``): one row per label; a
+      :class:`smoothjax.stats.Interval` in place of a float adds its bounds to the row
+      (``accuracy_ci_low`` / ``accuracy_ci_high`` / ``accuracy_ci_method``).
     step_size: default ``eps / 4``.
     **kw: passed to :func:`craft`. ``fixed_noise`` applies to ``smoothadv`` only and defaults
       to ``True`` there (Salman et al.'s fixed draws; ``pgd_s`` is the fresh-draw variant).
@@ -174,8 +176,16 @@ def attack_vs_compute(logits_fn: LogitsFn, x, y, *, key, eps,
         row["fixed_noise"] = fixed_noise
       acc = accuracy_fn(xa)
       if isinstance(acc, Mapping):  # several accuracies of the same examples (e.g. per n)
-        rows.extend(dict(row, label=str(lbl), accuracy=float(v)) for lbl, v in acc.items())
+        rows.extend(dict(row, label=str(lbl), **_accuracy_fields(v)) for lbl, v in acc.items())
       else:
-        rows.append(dict(row, accuracy=float(acc)))
+        rows.append(dict(row, **_accuracy_fields(acc)))
   return rows
+
+
+def _accuracy_fields(acc) -> dict:
+  """A float accuracy, or a :class:`smoothjax.stats.Interval` (its estimate and bounds)."""
+  if hasattr(acc, "estimate"):
+    return {"accuracy": float(acc.estimate), "accuracy_ci_low": float(acc.low),
+            "accuracy_ci_high": float(acc.high), "accuracy_ci_method": acc.method}
+  return {"accuracy": float(acc)}
 

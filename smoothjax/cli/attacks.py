@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from smoothjax import attacks, plots
+from smoothjax import attacks, plots, stats
 from smoothjax._utils import parse_fraction
 
 __all__ = ["main"]
@@ -95,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     votes = smoothing.sample_votes(jax.random.fold_in(key, 1), model, xa, sigma=args.sigma,
                                    sigma_space=args.sigma_space, prefixes=ns, votes=("hard",),
                                    batch_size=args.batch_size)
-    return {f"n={n}": a for n, a in zip(ns, votes.accuracy("hard", y))}
+    correct = votes.predictions("hard") == y[None, :]  # (len(ns), images)
+    blocks = stats.image_blocks(np.arange(len(y)))  # the noise blocks of sample_votes
+    return {f"n={n}": stats.accuracy_ci(c, block_ids=blocks) for n, c in zip(ns, correct)}
 
   rows = attacks.attack_vs_compute(logits_fn, x, y, key=jax.random.fold_in(key, 0), eps=args.eps,
                            budgets=args.budgets, attacks=tuple(args.attacks.split(",")),
