@@ -418,8 +418,10 @@ def test_quiet_closed_event_loops(monkeypatch):
 
   from smoothjax import _utils
 
+  # The unpatched method (an in-process CLI test may have installed the patch already);
+  # monkeypatch restores whatever was there after the test.
   monkeypatch.setattr(asyncio.BaseEventLoop, "call_soon_threadsafe",
-                      asyncio.BaseEventLoop.call_soon_threadsafe)  # undone after the test
+                      _utils._ORIGINAL_CALL_SOON_THREADSAFE)
   closed = asyncio.new_event_loop()
   closed.close()
   with pytest.raises(RuntimeError, match="Event loop is closed"):
