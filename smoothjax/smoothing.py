@@ -620,30 +620,15 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   cfg = graphdef_config(graphdef, state)
   sigma, sigma_space = resolve_sigma(cfg, sigma, sigma_space)
   prefixes, n_max, vote_objs = _check_plan(num_samples, prefixes, votes)
-  ranks_k = min(TOPK_RANKS, cfg.num_classes) if hard_ranks else 0
-  if ranks_k:
-    # The hard vote accumulated as per-rank histograms, flattened to width k * C: rank 0's
-    # histogram is the hard counts (the same first-maximum tie rule).
-    vote_objs = tuple(_hard_ranks_vote(ranks_k) if v is hard_vote else v for v in vote_objs)
-  ranked = ranks_k and any(v is _hard_ranks_vote(ranks_k) for v in vote_objs)
-  ranks_k = ranks_k if ranked else 0
-  widths = {v.name: (ranks_k if ranks_k and v is _hard_ranks_vote(ranks_k) else 1)
-            for v in vote_objs}
+  vote_objs, ranks_k, widths = _rank_histogram_votes(vote_objs, cfg.num_classes, hard_ranks)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if model_noise is None:
     model_noise = cfg.noise.any_model_noise
   noise_block = _check_noise_block(noise_block)
 
-  x = np.asarray(x) if not isinstance(x, jax.Array) else x
-  if x.dtype == np.uint8:
-    x = np.asarray(x, np.float32) / 255.0
+  x, indices = _images_and_indices(x, indices)
   num = x.shape[0]
-  if indices is None:
-    indices = np.arange(num, dtype=np.int32)
-  indices = np.asarray(indices, np.int32)
-  if indices.shape != (num,):
-    raise ValueError(f"indices must have shape ({num},), got {indices.shape}")
   c = cfg.num_classes
   pref = np.asarray(prefixes, np.int32)
   out = {v.name: np.zeros((len(pref), num, widths[v.name] * c),
@@ -654,15 +639,8 @@ def sample_votes(key, model, x, *, sigma=None, sigma_space: str | None = None,
   chunk = min(num, batch_size)
   deterministic = (sigma == 0) and not model_noise
   if deterministic:
-    run = _deterministic_runner(graphdef, vote_objs)
-    for lo in range(0, num, chunk):
-      xb = pad_rows(np.asarray(x[lo:lo + chunk], np.float32), chunk)
-      res = run(state, xb, pref)
-      hi = min(lo + chunk, num)
-      for v, r in zip(vote_objs, res):
-        out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
-      if progress is not None:
-        progress((hi - lo) * n_max)
+    _deterministic_votes(graphdef, state, vote_objs, x, pref, chunk, out,
+                         progress=progress, n_max=n_max)
     return _vote_counts(out, prefixes, ranks_k, c)
 
   blocked = bool(model_noise) and noise_block > 0
@@ -716,6 +694,51 @@ def _hard_ranks_vote(k: int) -> Vote:
     return r.reshape(r.shape[:-2] + (k * logits.shape[-1],))
 
   return Vote("hard", fn, integer=True)
+
+
+def _rank_histogram_votes(vote_objs, num_classes: int, hard_ranks: bool):
+  """``(votes, ranks_k, widths)``: the hard vote as per-rank histograms when ``hard_ranks``.
+
+  The hard vote is then accumulated as ``ranks_k`` histograms flattened to width
+  ``ranks_k * C``; rank 0's histogram is the hard counts (the same first-maximum tie rule).
+  """
+  ranks_k = min(TOPK_RANKS, num_classes) if hard_ranks else 0
+  if ranks_k:
+    vote_objs = tuple(_hard_ranks_vote(ranks_k) if v is hard_vote else v for v in vote_objs)
+  ranked = ranks_k and any(v is _hard_ranks_vote(ranks_k) for v in vote_objs)
+  ranks_k = ranks_k if ranked else 0
+  widths = {v.name: (ranks_k if ranks_k and v is _hard_ranks_vote(ranks_k) else 1)
+            for v in vote_objs}
+  return vote_objs, ranks_k, widths
+
+
+def _images_and_indices(x, indices):
+  """Images as floats in [0, 1] (uint8 scaled) and their int32 global indices (default 0..N-1)."""
+  x = np.asarray(x) if not isinstance(x, jax.Array) else x
+  if x.dtype == np.uint8:
+    x = np.asarray(x, np.float32) / 255.0
+  num = x.shape[0]
+  if indices is None:
+    indices = np.arange(num, dtype=np.int32)
+  indices = np.asarray(indices, np.int32)
+  if indices.shape != (num,):
+    raise ValueError(f"indices must have shape ({num},), got {indices.shape}")
+  return x, indices
+
+
+def _deterministic_votes(graphdef, state, vote_objs, x, pref, chunk: int, out: dict, *,
+                         progress, n_max: int) -> None:
+  """A noise-free model without input noise: one forward pass per chunk gives every sample."""
+  run = _deterministic_runner(graphdef, vote_objs)
+  num = x.shape[0]
+  for lo in range(0, num, chunk):
+    xb = pad_rows(np.asarray(x[lo:lo + chunk], np.float32), chunk)
+    res = run(state, xb, pref)
+    hi = min(lo + chunk, num)
+    for v, r in zip(vote_objs, res):
+      out[v.name][:, lo:hi] = np.asarray(r)[:, :hi - lo]
+    if progress is not None:
+      progress((hi - lo) * n_max)
 
 
 def _vote_counts(out: dict, prefixes, ranks_k: int, c: int) -> VoteCounts:

@@ -416,33 +416,8 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
     raise CheckpointError(
         f"unexpected parameters for a {family} {inferred} (shortcut {shortcut}): "
         f"{', '.join(unexpected[:5])}{more}")
-  state = nnx.state(model)
-  flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
-  problems = []
-  for name, fpath, kind in layout:
-    target = tuple(flat[fpath].shape)
-    want = _torch_shape(kind, target)
-    value = sd.get(name)
-    if value is not None and kind.startswith("pni") and value.size == 1 == np.prod(want):
-      value = value.reshape(want)  # a layer-wise alpha, of shape (1,) in PyTorch
-    if value is None:
-      problems.append(f"parameter '{name}' is missing from the checkpoint (expected shape {want})")
-    elif tuple(value.shape) != want:
-      problems.append(f"parameter '{name}' has shape {tuple(value.shape)} in the checkpoint, "
-                      f"but {inferred} with {num_classes} classes expects {want}")
-    elif kind == "cni_factor":
-      kernel = tuple(flat[fpath[:-2] + ("kernel",)].shape)
-      flat[fpath] = np.asarray(_oihw_rows_to_hwio(value[0], kernel), np.float32)
-    else:
-      flat[fpath] = np.asarray(_to_flax(kind, value, target), np.float32)
-  if problems:
-    more = f" ({len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-    raise CheckpointError(f"checkpoint does not fit the model: {problems[0]}{more}")
-  if uncovered:
-    flat.update(zip(uncovered, _initial_values(config, key, uncovered)))
-  flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
-  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
-  nnx.update(model, state)
+  _fill_model(model, sd, layout, uncovered, config=config, key=key,
+              what=f"{inferred} with {num_classes} classes")
   info = {
       "checkpoint": checkpoint,
       "family": family,
@@ -457,6 +432,43 @@ def model_from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], 
   }
   return model, info
 
+
+
+def _fill_model(model, sd: Mapping[str, np.ndarray], layout, uncovered, *, config, key,
+                what: str) -> None:
+  """Copies the state dict ``sd`` into ``model`` along ``layout`` (in place).
+
+  Parameters the file does not hold (``uncovered``: e.g. noise scales of a noise-free file)
+  get their initial values; a missing or misshapen parameter raises :class:`CheckpointError`
+  naming the first (``what``: the model, for the message).
+  """
+  state = nnx.state(model)
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+  problems = []
+  for name, fpath, kind in layout:
+    target = tuple(flat[fpath].shape)
+    want = _torch_shape(kind, target)
+    value = sd.get(name)
+    if value is not None and kind.startswith("pni") and value.size == 1 == np.prod(want):
+      value = value.reshape(want)  # a layer-wise alpha, of shape (1,) in PyTorch
+    if value is None:
+      problems.append(f"parameter '{name}' is missing from the checkpoint (expected shape {want})")
+    elif tuple(value.shape) != want:
+      problems.append(f"parameter '{name}' has shape {tuple(value.shape)} in the checkpoint, "
+                      f"but {what} expects {want}")
+    elif kind == "cni_factor":
+      kernel = tuple(flat[fpath[:-2] + ("kernel",)].shape)
+      flat[fpath] = np.asarray(_oihw_rows_to_hwio(value[0], kernel), np.float32)
+    else:
+      flat[fpath] = np.asarray(_to_flax(kind, value, target), np.float32)
+  if problems:
+    more = f" ({len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+    raise CheckpointError(f"checkpoint does not fit the model: {problems[0]}{more}")
+  if uncovered:
+    flat.update(zip(uncovered, _initial_values(config, key, uncovered)))
+  flat = {k: jax.numpy.asarray(v) for k, v in flat.items()}
+  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
+  nnx.update(model, state)
 
 
 def _torch_scalars(obj: Any) -> dict:

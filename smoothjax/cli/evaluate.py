@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
             f"of smoothjax.attacks.nattack); records say which ran (nattack_li2019_budget)")
   p = _Parser(prog="python -m evaluate", description=_DESCRIPTION, epilog=_EPILOG,
               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  _model_and_data_flags(p, d)
+  _smoothing_and_certify_flags(p, d)
+  _attack_flags(p, d, budget)
+  _output_flags(p, d)
+  return p
+
+
+def _model_and_data_flags(p: argparse.ArgumentParser, d: dict) -> None:
   g = p.add_argument_group("model")
   g.add_argument("--checkpoint", default=d["checkpoint"], metavar="PATH",
                  help="pretrained:NAME, a PyTorch file (.pth, .pth.tar, .th; reference, "
@@ -125,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--split", default=d["split"], metavar="NAME", help="test (default) or train")
   g.add_argument("--limit", type=_int, default=d["limit"], metavar="N",
                  help="only the first N images of the split")
+
+
+def _smoothing_and_certify_flags(p: argparse.ArgumentParser, d: dict) -> None:
   g = p.add_argument_group("smoothing")
   g.add_argument("--sigma", default=_list(d["sigmas"]), metavar="LIST",
                  help="Gaussian input-noise stds (default 0), in --sigma_space units")
@@ -154,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--certify_n", type=_int, default=d["certify_n"],
                  help="estimation samples (default 100000)")
   g.add_argument("--alpha", default=d["alpha"], help="failure probability (default 0.001)")
+
+
+def _attack_flags(p: argparse.ArgumentParser, d: dict, budget: str) -> None:
   g = p.add_argument_group("attack")
   g.add_argument("--attack", default=d["attack"], metavar="NAME",
                  help="none (default), fgsm, pgd, epgd, smoothadv (Salman et al.: fixed noise "
@@ -209,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                  default=d["sanity_nattack"],
                  help="also compare NAttack (--nattack_* budget) with white-box PGD in the "
                       "sanity checks (costly; always on with --attack=nattack)")
+
+
+def _output_flags(p: argparse.ArgumentParser, d: dict) -> None:
   g = p.add_argument_group("output")
   g.add_argument("--workdir", required=True, metavar="DIR",
                  help="results.json, results.csv, plots/*.png, certify.tsv, resume state")
@@ -217,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--verbose", action="store_true",
                  help="on an error, also print its full traceback and causes (and let "
                       "libraries' background errors through)")
-  return p
 
 
 def settings_from_args(args: argparse.Namespace):
