@@ -128,7 +128,8 @@ def _model_and_data_flags(p: argparse.ArgumentParser, d: dict) -> None:
   g.add_argument("--dataset", default=d["dataset"], metavar="SPEC",
                  help="cifar10 (default), cifar100 (a prepared tfds copy, else the official "
                       "archive, downloaded once; no TensorFlow needed), npz:PATH, folder:PATH "
-                      "(dir or .tar), synthetic[:N]")
+                      "(dir or .tar), synthetic[:N], imagenet_folder:PATH[::SPLIT] or "
+                      "imagenet[:SPLIT] (ImageNet-size: the first --limit images are decoded)")
   g.add_argument("--data_dir", default=d["data_dir"], metavar="DIR", help="tfds data directory")
   g.add_argument("--split", default=d["split"], metavar="NAME", help="test (default) or train")
   g.add_argument("--limit", type=_int, default=d["limit"], metavar="N",
