@@ -76,6 +76,18 @@ def _call_soon_threadsafe_unless_closed(self, callback, *args, **kw):
 
 
 _ORIGINAL_CALL_SOON_THREADSAFE = asyncio.BaseEventLoop.call_soon_threadsafe
+_ORIGINAL_UNRAISABLEHOOK = sys.unraisablehook
+
+
+def _is_orbax_read(obj: Any) -> bool:
+  code = getattr(obj, "cr_code", None)  # a coroutine
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _drop_orbax_unraisable(unraisable) -> None:
+  if _is_orbax_read(unraisable.object):
+    return  # an abandoned read of a restore that already failed (and said so)
+  _ORIGINAL_UNRAISABLEHOOK(unraisable)
 
 
 def quiet_closed_event_loops() -> None:
@@ -85,10 +97,14 @@ def quiet_closed_event_loops() -> None:
   TensorStore is still reading the others; each of those reads then completes on a TensorStore
   thread by calling ``loop.call_soon_threadsafe``, whose ``RuntimeError('Event loop is closed')``
   TensorStore prints as a traceback (hundreds of lines, at any time afterwards). The callbacks
-  could never run; the command lines install this (unless ``--verbose``) so that a damaged
-  checkpoint gives their one-line error only. Process-wide; idempotent.
+  could never run. Likewise orbax's abandoned read coroutines, garbage-collected with their
+  exception ("Exception ignored in: <coroutine object _read_array_index_and_device_put>", printed
+  by ``sys.unraisablehook``), are dropped; other unraisable exceptions still print. The command
+  lines install this (unless ``--verbose``) so that a damaged checkpoint gives their one-line
+  error only. Process-wide; idempotent.
   """
   asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe_unless_closed
+  sys.unraisablehook = _drop_orbax_unraisable
 
 
 def parse_fraction(text: str) -> float:

@@ -437,3 +437,36 @@ def test_quiet_closed_event_loops(monkeypatch):
   finally:
     loop.close()
   assert ran == [1]
+
+
+def test_quiet_drops_only_orbax_unraisable_coroutines(monkeypatch):
+  """Orbax's abandoned read coroutines (GC'd with their exception) are dropped; the rest print."""
+  import os
+  import sys
+  import types
+
+  from smoothjax import _utils
+
+  seen = []
+  monkeypatch.setattr(_utils, "_ORIGINAL_UNRAISABLEHOOK", seen.append)
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+  ns = {}
+  exec(compile("async def _read_array_index_and_device_put():\n  pass\n",  # noqa: S102
+               os.path.join(os.sep, "site-packages", "orbax", "serialization.py"), "exec"), ns)
+  orbax_coro = ns["_read_array_index_and_device_put"]()
+
+  async def ours():
+    pass
+
+  other = ours()
+  try:
+    _utils.quiet_closed_event_loops()
+    assert sys.unraisablehook is _utils._drop_orbax_unraisable
+    sys.unraisablehook(types.SimpleNamespace(object=orbax_coro))
+    assert seen == []
+    hit = types.SimpleNamespace(object=other)
+    sys.unraisablehook(hit)
+    assert seen == [hit]
+  finally:
+    orbax_coro.close()
+    other.close()
