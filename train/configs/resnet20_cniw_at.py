@@ -37,12 +37,11 @@ mean 0.061, F rms 0.0106). Frozen BatchNorm (``train_bn=frozen``) diverged at lr
 clipping (NaN at step 16); with ``optim.clip_norm=0.05``: eval 0.234 after 40 steps, the noise
 scales unmoved. One epoch of this preset from the finished ``pretrained:resnet20_at`` (val 68.5%
 clean / 37.5% PGD-10) on the JPEG training split (351 steps, ~4 s/step on 2 shared cores):
-adversarial
-training accuracy 0.15-0.20, validation (2,000 held-out images, eval mode) 20.9% clean at n = 1,
-26.1% smoothed at n = 8, PGD-10 18.6%: no one-class collapse, but CNI-W at this initialisation
-(noise std ~0.9x the weights') costs most of the parent's accuracy. Next to try: the later CNI
-initialisation (``--config.model.cni_alpha_init=0.01 --config.model.cni_f_init=1e-4``) or a
-noise warm-up.
+adversarial training accuracy 0.15-0.20, validation (2,000 held-out images, eval mode) 20.9% clean
+at n = 1, 26.1% smoothed at n = 8, PGD-10 18.6%: no one-class collapse, but CNI-W at this
+initialisation (noise std ~0.9x the weights') costs most of the parent's accuracy. Next to try: the
+later CNI initialisation (``--config.model.cni_alpha_init=0.01 --config.model.cni_f_init=1e-4``) or
+a noise warm-up.
 """
 
 from train.configs import resnet20_fast_at
