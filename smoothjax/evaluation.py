@@ -335,10 +335,8 @@ def validate(s: EvalSettings) -> EvalSettings:
     v = getattr(s, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise EvaluationError(f"{name}: must be a positive integer, got {v!r}")
-  if not isinstance(s.noise_block, int) or isinstance(s.noise_block, bool) or s.noise_block < 0:
-    raise EvaluationError(f"noise_block: must be an integer >= 0 (0: one draw for all images), "
-                          f"got {s.noise_block!r}")
-  for name, zero in (("nattack_n", "the smallest --n >= 8"), ("nattack_confirm", "none")):
+  for name, zero in (("noise_block", "one draw for all images"),
+                     ("nattack_n", "the smallest --n >= 8"), ("nattack_confirm", "none")):
     v = getattr(s, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       raise EvaluationError(f"{name}: must be an integer >= 0 (0: {zero}), got {v!r}")
