@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    sigma_space=args.sigma_space, prefixes=ns, votes=("hard",),
                                    batch_size=args.batch_size)
     correct = votes.predictions("hard") == y[None, :]  # (len(ns), images)
-    blocks = stats.image_blocks(np.arange(len(y)))  # the noise blocks of sample_votes
+    blocks = smoothing.noise_blocks(np.arange(len(y)))  # the blocks sample_votes drew with
     return {f"n={n}": stats.accuracy_ci(c, block_ids=blocks) for n, c in zip(ns, correct)}
 
   rows = attacks.attack_vs_compute(logits_fn, x, y, key=jax.random.fold_in(key, 0), eps=args.eps,
