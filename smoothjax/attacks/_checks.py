@@ -184,8 +184,9 @@ def attack_vs_compute(logits_fn: LogitsFn, x, y, *, key, eps,
 
 def _accuracy_fields(acc) -> dict:
   """A float accuracy, or a :class:`smoothjax.stats.Interval` (its estimate and bounds)."""
-  if hasattr(acc, "estimate"):
-    return {"accuracy": float(acc.estimate), "accuracy_ci_low": float(acc.low),
-            "accuracy_ci_high": float(acc.high), "accuracy_ci_method": acc.method}
+  if hasattr(acc, "estimate"):  # unavailable bounds (nan) as None, as in evaluation records
+    bound = lambda b: float(b) if math.isfinite(b) else None  # noqa: E731
+    return {"accuracy": float(acc.estimate), "accuracy_ci_low": bound(acc.low),
+            "accuracy_ci_high": bound(acc.high), "accuracy_ci_method": acc.method}
   return {"accuracy": float(acc)}
 
