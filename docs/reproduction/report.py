@@ -1,0 +1,164 @@
+"""Tables and plots of docs/reproduction.md from the evaluation records under results/.
+
+Usage (from the repository root)::
+
+  python docs/reproduction/report.py            # writes docs/reproduction/*.png, prints tables
+
+Every ``results/NAME.json`` is the ``results.json`` of one ``python -m evaluate`` run (the
+command that made it is in ``docs/reproduction.md``), or, for ``attack_vs_compute*.json``, the
+output of ``python -m smoothjax.attacks``. Missing files are skipped with a note, so the report
+grows as the evaluations finish.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from smoothjax import plots
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VOTES = ("hard", "soft", "weighted")  # the paper's three votes (prediction, soft, weighted)
+MODELS = {"cniw": "resnet20_cniw_at", "at": "resnet20_at"}
+
+
+def load(name: str) -> list[dict] | None:
+  path = RESULTS / f"{name}.json"
+  if not path.exists():
+    print(f"[report] {path.name}: not yet measured, skipped", file=sys.stderr)
+    return None
+  return json.loads(path.read_text())
+
+
+def attack_name(r: dict) -> str:
+  return "clean" if r["attack"] == "none" else f"{r['attack'].upper()}-{r['steps']}"
+
+
+def table(records: list[dict], *, sigma: float, ns, votes=VOTES) -> str:
+  """Markdown: a row per (attack, vote), a column per n; mean ± std over the repeats."""
+  rows = [r for r in records if np.isclose(r["sigma"], sigma)]
+  attacks = sorted({attack_name(r) for r in rows}, key=lambda a: (a != "clean", a))
+  head = "| attack | vote | " + " | ".join(f"n = {n}" for n in ns) + " |"
+  lines = [head, "|" + " --- |" * (len(ns) + 2)]
+  for a in attacks:
+    for v in votes:
+      cells = []
+      for n in ns:
+        hit = [r for r in rows if attack_name(r) == a and r["vote"] == v and r["n"] == n]
+        if not hit:
+          cells.append("")
+          continue
+        r = hit[0]
+        cell = f"{100 * r['accuracy']:.1f}"
+        if r["repeats"] > 1:
+          cell += f" ± {100 * r['accuracy_std']:.1f}"
+        cells.append(cell)
+      lines.append(f"| {a} | {v} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def relabel(records: list[dict], prefix: str = "") -> list[dict]:
+  """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
+
+  The confidence intervals are left out of the plots: with one weight-noise draw per block of
+  256 images, 200-1,000 images make 1-4 blocks and the block intervals span tens of points
+  (they are in the JSON files); the error bars are the standard deviation over repeats.
+  """
+  out = []
+  for r in records:
+    if r["vote"] not in VOTES:
+      continue
+    r = {k: v for k, v in r.items() if not k.startswith("accuracy_ci")}
+    name = attack_name(r)
+    r["attack"] = "none" if name == "clean" and not prefix else f"{prefix}{name}"
+    out.append(r)
+  return out
+
+
+def votes_plot(records: list[dict], path: pathlib.Path, *, sigma: float, title: str) -> None:
+  """Accuracy vs n, one line per (vote, attack): the three-vote comparison."""
+  plt = plots._pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  rows = [r for r in records if np.isclose(r["sigma"], sigma)]
+  styles = {"hard": "-", "soft": "--", "weighted": ":"}
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  attacks = sorted({attack_name(r) for r in rows}, key=lambda a: (a != "clean", a))
+  for i, a in enumerate(attacks):
+    for v in VOTES:
+      sel = sorted((r for r in rows if attack_name(r) == a and r["vote"] == v),
+                   key=lambda r: r["n"])
+      if sel:
+        ax.errorbar([r["n"] for r in sel], [100 * r["accuracy"] for r in sel],
+                    yerr=[100 * r["accuracy_std"] for r in sel], marker="o", ms=2, capsize=2,
+                    linestyle=styles[v], color=colors[i % len(colors)], label=f"{a}, {v}")
+  ax.set_xscale("log", base=2)
+  plots._finish(plt, fig, ax, path, xlabel="number of samples n", ylabel="accuracy (%)",
+                title=title, legend=True)
+
+
+def training_plot(path: pathlib.Path) -> None:
+  """CNI-W fine-tuning curves: BatchNorm frozen (the preset) against batch mode (abandoned)."""
+  runs = {"frozen BatchNorm (preset)": "cniw_train_frozen_bn",
+          "batch-mode BatchNorm (stopped at step 580)": "cniw_train_batch_bn"}
+  plt = plots._pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, (label, name) in enumerate(runs.items()):
+    f = RESULTS / f"{name}.jsonl"
+    if not f.exists():
+      continue
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    tr = [r for r in rows if r["split"] == "train"]
+    va = [r for r in rows if r["split"] == "val"]
+    ax.plot([r["step"] for r in tr], [100 * r["adv_accuracy"] for r in tr], color=colors[i],
+            alpha=0.5, label=f"{label}: FGSM training accuracy")
+    ax.plot([r["step"] for r in va], [100 * r["accuracy"] for r in va], "o-", color=colors[i],
+            label=f"{label}: validation, eval mode, n = 1")
+  ax.axhline(68.45, color="gray", linestyle=":", label="parent resnet20_at, validation")
+  ax.set_ylim(25, 72)
+  ax.legend(fontsize="x-small", loc="lower right")
+  plots._finish(plt, fig, ax, path, xlabel="training step (batch 128)", ylabel="accuracy (%)",
+                title="CNI-W fine-tuning from resnet20_at", legend=False)
+
+
+def main() -> None:
+  training_plot(HERE / "cniw_training.png")
+  cniw = [load(f"cniw_n_{a}") for a in ("pgd20", "pgd7")]
+  cniw = [r for rs in cniw if rs for r in rs]
+  if cniw:
+    ns = sorted({r["n"] for r in cniw})
+    print("## CNI-W, sigma = 0\n" + table(cniw, sigma=0.0, ns=ns) + "\n")
+    seen, recs = set(), []
+    for r in relabel(cniw):
+      key = (r["attack"], r["vote"], r["n"])
+      if key not in seen:  # clean records appear in both runs: keep the first
+        seen.add(key)
+        recs.append(r)
+    plots.plot_accuracy_vs_n(recs, HERE / "cniw_accuracy_vs_n.png", vote="soft",
+                             title="resnet20_cniw_at: smoothed accuracy vs n (soft vote)")
+    votes_plot([r for r in cniw if r["attack"] == "none" or r["steps"] == 20],
+               HERE / "cniw_votes.png", sigma=0.0,
+               title="resnet20_cniw_at: the three votes (clean and PGD-20)")
+  for name in ("cniw_sigma", "at_sigma"):
+    rs = load(name)
+    if rs:
+      ns = sorted({r["n"] for r in rs})
+      for s in sorted({r["sigma"] for r in rs}):
+        print(f"## {name}, sigma = {s:g}\n" + table(rs, sigma=s, ns=ns) + "\n")
+      model = MODELS[name.split("_")[0]]
+      plots.plot_accuracy_vs_sigma(relabel(rs), HERE / f"{name}.png",
+                                   title=f"{model}: accuracy vs σ (n = {max(ns)})")
+  avc = RESULTS / "attack_vs_compute.json"
+  if avc.exists():
+    data = json.loads(avc.read_text())
+    rows = data["rows"] if isinstance(data, dict) else data
+    plots.plot_attack_vs_compute(rows, HERE / "attack_vs_compute.png",
+                                 title="resnet20_cniw_at: attack vs compute (200 images)")
+
+
+if __name__ == "__main__":
+  main()
