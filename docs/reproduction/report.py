@@ -61,7 +61,7 @@ def table(records: list[dict], *, sigma: float, ns, votes=VOTES) -> str:
   return "\n".join(lines)
 
 
-def relabel(records: list[dict], prefix: str = "") -> list[dict]:
+def relabel(records: list[dict]) -> list[dict]:
   """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
 
   The confidence intervals are left out of the plots: with one weight-noise draw per block of
@@ -74,7 +74,7 @@ def relabel(records: list[dict], prefix: str = "") -> list[dict]:
       continue
     r = {k: v for k, v in r.items() if not k.startswith("accuracy_ci")}
     name = attack_name(r)
-    r["attack"] = "none" if name == "clean" and not prefix else f"{prefix}{name}"
+    r["attack"] = "none" if name == "clean" else name
     out.append(r)
   return out
 
