@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import logging
 import os
 import pathlib
 import sys
@@ -84,6 +85,18 @@ def _is_orbax_read(obj: Any) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  tb = getattr(exc, "__traceback__", None)
+  return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+def _drop_orbax_unretrieved(record: logging.LogRecord) -> bool:
+  """A ``logging`` filter: False (drop) for asyncio's "exception was never retrieved" record of
+  a future whose exception was raised in orbax (a restore that already failed and said so)."""
+  exc = record.exc_info[1] if record.exc_info else None
+  return not ("exception was never retrieved" in str(record.msg) and _raised_in_orbax(exc))
+
+
 def _drop_orbax_unraisable(unraisable) -> None:
   if _is_orbax_read(unraisable.object):
     return  # an abandoned read of a restore that already failed (and said so)
@@ -99,12 +112,17 @@ def quiet_closed_event_loops() -> None:
   TensorStore prints as a traceback (hundreds of lines, at any time afterwards). The callbacks
   could never run. Likewise orbax's abandoned read coroutines, garbage-collected with their
   exception ("Exception ignored in: <coroutine object _read_array_index_and_device_put>", printed
-  by ``sys.unraisablehook``), are dropped; other unraisable exceptions still print. The command
-  lines install this (unless ``--verbose``) so that a damaged checkpoint gives their one-line
-  error only. Process-wide; idempotent.
+  by ``sys.unraisablehook``), are dropped; other unraisable exceptions still print. So are the
+  ``asyncio`` logger's "exception was never retrieved" records of futures (e.g. orbax's
+  ``asyncio.gather`` of the other reads) whose exception was raised in orbax; other asyncio
+  records still log. The command lines install this (unless ``--verbose``) so that a damaged
+  checkpoint gives their one-line error only. Process-wide; idempotent.
   """
   asyncio.BaseEventLoop.call_soon_threadsafe = _call_soon_threadsafe_unless_closed
   sys.unraisablehook = _drop_orbax_unraisable
+  logger = logging.getLogger("asyncio")
+  if _drop_orbax_unretrieved not in logger.filters:
+    logger.addFilter(_drop_orbax_unretrieved)
 
 
 def parse_fraction(text: str) -> float:

@@ -470,3 +470,46 @@ def test_quiet_drops_only_orbax_unraisable_coroutines(monkeypatch):
   finally:
     orbax_coro.close()
     other.close()
+
+
+def test_quiet_drops_only_orbax_unretrieved_futures(monkeypatch, caplog):
+  """asyncio's "exception was never retrieved" record of a future that failed in orbax (the
+  gather of a failed restore's other reads) is dropped; the same record of any other logs."""
+  import asyncio
+  import gc
+  import logging
+  import os
+
+  from smoothjax import _utils
+
+  logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(logger, "filters", list(logger.filters))  # restored after the test
+  ns = {}
+  exec(compile("def _read_shard():\n  raise ValueError('damaged')\n",  # noqa: S102
+               os.path.join(os.sep, "site-packages", "orbax", "serialization.py"), "exec"), ns)
+
+  def ours():
+    raise ValueError("ours")
+
+  def abandon(loop, raiser):
+    fut = loop.create_future()
+    try:
+      raiser()
+    except ValueError as e:
+      fut.set_exception(e)
+    del fut
+    gc.collect()
+
+  _utils.quiet_closed_event_loops()
+  _utils.quiet_closed_event_loops()
+  assert logger.filters.count(_utils._drop_orbax_unretrieved) == 1
+  loop = asyncio.new_event_loop()
+  try:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      abandon(loop, ns["_read_shard"])
+      assert not caplog.records
+      abandon(loop, ours)
+      assert [r.getMessage().splitlines()[0] for r in caplog.records] == [
+          "Future exception was never retrieved"]
+  finally:
+    loop.close()
