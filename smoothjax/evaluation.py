@@ -392,6 +392,9 @@ def validate(s: EvalSettings) -> EvalSettings:
     raise EvaluationError("source_checkpoint: --attack=transfer needs --source_checkpoint=PATH")
   if s.sanity_checks and s.attack == "none":
     raise EvaluationError("sanity_checks: needs an attack (--attack=pgd, ...)")
+  if s.source_checkpoint and s.attack != "transfer" and not s.sanity_checks:
+    raise EvaluationError("source_checkpoint: used only by --attack=transfer and by "
+                          "--sanity_checks (its transfer check); neither is on")
   if s.sanity_nattack and not s.sanity_checks:
     raise EvaluationError("sanity_nattack: needs --sanity_checks")
   if not s.workdir:
@@ -466,8 +469,8 @@ def prepare(settings: EvalSettings) -> Prepared:
   """
   s = validate(settings)
   model, info = _load_model(s.checkpoint, s, "checkpoint")
-  source = None
-  if s.attack == "transfer":
+  source = None  # the transfer attack's source, also the sanity checks' transfer source
+  if s.source_checkpoint:
     source, _ = _load_model(s.source_checkpoint, dataclasses.replace(s, step=None),
                             "source_checkpoint")
   from smoothjax import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -749,7 +752,7 @@ def ci_blocks(p: Prepared, kind: str = "clean") -> np.ndarray:
   idx = np.arange(len(p.y))
   noisy = _has_model_noise(p.model)
   blocks = smoothing.noise_blocks(idx, s.noise_block) if noisy else idx
-  if kind == "adv" and (noisy or (p.source_model is not None
+  if kind == "adv" and (noisy or (s.attack == "transfer"
                                   and _has_model_noise(p.source_model))):
     blocks = stats.merge_blocks(blocks, idx // _craft_batch_size(s, len(idx)))
   return blocks

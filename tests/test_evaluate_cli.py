@@ -210,6 +210,7 @@ def test_attack_wiring_with_a_stub_attacks_module(tiny, tmp_path, monkeypatch):
   def run_sanity_checks(logits_fn, x, y, *, key, eps, steps, step_size, accuracy_fn,
                         source_logits_fn=None, smoothed_probs_fn=None, **kw):
     acc = accuracy_fn(x)
+    calls["source"] = source_logits_fn is not None
     return [{"check": "stub_ok", "passed": True, "detail": f"acc={acc}"},
             {"check": "stub_bad", "passed": False, "detail": "always fails"}]
 
@@ -219,9 +220,10 @@ def test_attack_wiring_with_a_stub_attacks_module(tiny, tmp_path, monkeypatch):
   s = evaluation.EvalSettings(checkpoint=tiny["ckpt"], dataset=tiny["data"], sigmas=(0.0,),
                               ns=(1, 8, 16), votes=("hard",), attack="pgd", eps=8 / 255,
                               steps=3, sanity_checks=True, workdir=str(tmp_path / "wd"),
-                              progress=False)
+                              progress=False, source_checkpoint=tiny["ckpt"])
   recs = evaluation.run(s, log=logs.append)
   assert calls["craft"] == dict(name="pgd", eps=8 / 255, norm="linf", steps=3, samples=1)
+  assert calls["source"]  # --source_checkpoint feeds the checks' transfer test, not only transfer
   adv = [r for r in recs if r["attack"] == "pgd"]
   assert len(adv) == 3 and all(r["eps"] == 8 / 255 and r["steps"] == 3 and
                                r["attack_samples"] == 1 for r in adv)
@@ -229,6 +231,9 @@ def test_attack_wiring_with_a_stub_attacks_module(tiny, tmp_path, monkeypatch):
   checks = json.loads((tmp_path / "wd" / "sanity_checks.json").read_text())
   assert [c["check"] for c in checks] == ["stub_ok", "stub_bad"]
   assert any("stub_bad" in m and "warning" in m for m in logs)
+  # a source with neither --attack=transfer nor --sanity_checks would be ignored: an error
+  with pytest.raises(evaluation.EvaluationError, match="source_checkpoint: used only by"):
+    evaluation.validate(dataclasses.replace(s, sanity_checks=False))
 
 
 @pytest.mark.slow

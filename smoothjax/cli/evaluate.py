@@ -199,7 +199,8 @@ def _attack_flags(p: argparse.ArgumentParser, d: dict, budget: str) -> None:
                       "is the mean, accuracy_all_draws counts an image only if all R are "
                       "right (default 1)")
   g.add_argument("--source_checkpoint", default=d["source_checkpoint"], metavar="PATH",
-                 help="transfer: the model the examples are crafted on")
+                 help="transfer: the model the examples are crafted on; with --sanity_checks "
+                      "(any attack): the source of their transfer check")
   g.add_argument("--nattack_population", type=_int, default=d["nattack_population"],
                  metavar="P",
                  help=f"NAttack candidates per iteration (default {d['nattack_population']}); "
