@@ -152,6 +152,20 @@ def main() -> None:
       model = MODELS[name.split("_")[0]]
       plots.plot_accuracy_vs_sigma(relabel(rs), HERE / f"{name}.png",
                                    title=f"{model}: accuracy vs σ (n = {max(ns)})")
+  for path in sorted(RESULTS.glob("*.json")):  # the single evaluations: every sigma and n
+    name = path.stem
+    if name.startswith(("cniw_n_", "cniw_sigma", "at_sigma", "attack_vs")) or name.endswith(
+        "_checks"):
+      continue
+    rs = json.loads(path.read_text())
+    ns = sorted({r["n"] for r in rs})
+    for s in sorted({r["sigma"] for r in rs}):
+      print(f"## {name}, sigma = {s:g}\n" + table(rs, sigma=s, ns=ns) + "\n")
+  for path in sorted(RESULTS.glob("*_checks.json")):
+    print(f"## {path.stem} (gradient-masking checks)")
+    for c in json.loads(path.read_text()):
+      print(f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'} ({c['detail']})")
+    print()
   avc = RESULTS / "attack_vs_compute.json"
   if avc.exists():
     data = json.loads(avc.read_text())
