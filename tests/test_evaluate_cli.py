@@ -421,3 +421,25 @@ def test_nattack_query_n_confirmation_and_budget_reach_craft_and_every_record(
       checks = json.loads((tmp_path / str(i) / "sanity_checks.json").read_text())
       assert {k: checks[0][k] for k in want if k.startswith("nattack")} == {
           k: v for k, v in want.items() if k.startswith("nattack")}
+
+
+def test_a_model_with_input_noise_and_no_sigma_flag_gets_one_note(tiny, tmp_path, capsys):
+  """--sigma replaces the model's own input noise and defaults to 0: without --sigma a model
+  that carries input noise runs without it, and evaluate says so in one stderr line."""
+  from smoothjax import noise as noise_lib
+
+  model = models.build_model("resnet20", key=0,
+                             noise=noise_lib.NoiseConfig(input_sigma=0.05))
+  ck = tmp_path / "noisy_input"
+  checkpoints.save_model(ck, model)
+  base = [f"--checkpoint={ck}", f"--dataset={tiny['data']}", "--n=1", "--progress=false"]
+  assert cli.main(base + [f"--workdir={tmp_path / 'a'}"]) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["evaluate: note: the model carries Gaussian input noise σ=0.05 (pixel); "
+                 "--sigma (default 0) replaces it, so this run has none: pass --sigma=0.05 "
+                 "to keep it"]
+  assert cli.main(base + ["--sigma=0.05", f"--workdir={tmp_path / 'b'}"]) == 0
+  assert "note" not in capsys.readouterr().err
+  assert cli.main([f"--checkpoint={tiny['ckpt']}", f"--dataset={tiny['data']}", "--n=1",
+                   "--progress=false", f"--workdir={tmp_path / 'c'}"]) == 0
+  assert "note" not in capsys.readouterr().err

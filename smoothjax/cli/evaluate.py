@@ -274,6 +274,21 @@ def _is_quickstart(argv) -> bool:
                  for a in argv)
 
 
+def _note_dropped_input_noise(model, argv) -> None:
+  """One stderr line when the model carries input noise that ``--sigma``'s default drops.
+
+  ``--sigma`` replaces the model's own input noise, and its default is 0 (the contract's), so a
+  CNI-I+W model evaluated without ``--sigma`` runs without the noise it was trained with.
+  """
+  from smoothjax import smoothing  # pylint: disable=import-outside-toplevel
+  cfg = smoothing.graphdef_config(*model) if isinstance(model, tuple) else model.config
+  own = float(getattr(cfg.noise, "input_sigma", 0) or 0)
+  if own > 0 and not any(a == "--sigma" or a.startswith("--sigma=") for a in argv):
+    print(f"evaluate: note: the model carries Gaussian input noise σ={own:g} "
+          f"({cfg.noise.sigma_space}); --sigma (default 0) replaces it, so this run has none: "
+          f"pass --sigma={own:g} to keep it", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
   """Runs ``python -m evaluate``; returns the exit status (0 ok, 2 bad input).
 
@@ -305,6 +320,7 @@ def main(argv=None) -> int:
     print(f"model: {info.get('checkpoint', s.checkpoint)} ({info.get('family', '?')}, "
           f"{info.get('arch', '?')}); normalization: {norm.get('source', '?')} (mean "
           f"{_fmt(norm.get('mean'))}, std {_fmt(norm.get('std'))})", flush=True)
+  _note_dropped_input_noise(prepared.model, argv)
   records = evaluation.run(prepared)
   n_max = max(s.ns)
   for r in records:
