@@ -234,7 +234,7 @@ def lossless(request):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.xfail(strict=False, run=False, reason=(  # a record (~4 min): pytest --runxfail
     "issue 13, open: with random F the coherent shift is gone, but the diagonal term at "
     "alpha_d = 0.0625 (noise ~0.9x the weights' std) still leaves the eval-mode model well "
     "below batch statistics; measured on this CNN: batch stats 0.175, eval 0.121, recalibrated "
