@@ -23,7 +23,7 @@ from smoothjax import plots
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 VOTES = ("hard", "soft", "weighted")  # the paper's three votes (prediction, soft, weighted)
-MODELS = {"cniw": "resnet20_cniw_at", "at": "resnet20_at"}
+MODELS = {"cniw": "resnet20_cniw_at", "cniiw": "resnet20_cniiw_at", "at": "resnet20_at"}
 
 
 def load(name: str) -> list[dict] | None:
@@ -143,7 +143,7 @@ def main() -> None:
     votes_plot([r for r in cniw if r["attack"] == "none" or r["steps"] == 20],
                HERE / "cniw_votes.png", sigma=0.0,
                title="resnet20_cniw_at: the three votes (clean and PGD-20)")
-  for name in ("cniw_sigma", "at_sigma"):
+  for name in ("cniw_sigma", "cniiw_sigma", "at_sigma"):
     rs = load(name)
     if rs:
       ns = sorted({r["n"] for r in rs})
@@ -154,8 +154,7 @@ def main() -> None:
                                    title=f"{model}: accuracy vs σ (n = {max(ns)})")
   for path in sorted(RESULTS.glob("*.json")):  # the single evaluations: every sigma and n
     name = path.stem
-    if name.startswith(("cniw_n_", "cniw_sigma", "at_sigma", "attack_vs")) or name.endswith(
-        "_checks"):
+    if name.startswith(("cniw_n_", "attack_vs")) or name.endswith(("_sigma", "_checks")):
       continue
     rs = json.loads(path.read_text())
     ns = sorted({r["n"] for r in rs})
