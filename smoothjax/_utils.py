@@ -80,14 +80,18 @@ _ORIGINAL_CALL_SOON_THREADSAFE = asyncio.BaseEventLoop.call_soon_threadsafe
 _ORIGINAL_UNRAISABLEHOOK = sys.unraisablehook
 
 
+def _in_orbax(filename: str) -> bool:
+  return f"{os.sep}orbax{os.sep}" in filename
+
+
 def _is_orbax_read(obj: Any) -> bool:
   code = getattr(obj, "cr_code", None)  # a coroutine
-  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+  return code is not None and _in_orbax(code.co_filename)
 
 
 def _raised_in_orbax(exc: BaseException | None) -> bool:
   tb = getattr(exc, "__traceback__", None)
-  return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in traceback.extract_tb(tb))
+  return any(_in_orbax(frame.filename) for frame in traceback.extract_tb(tb))
 
 
 def _drop_orbax_unretrieved(record: logging.LogRecord) -> bool:

@@ -282,7 +282,7 @@ def _note_dropped_input_noise(model, argv) -> None:
   """
   from smoothjax import smoothing  # pylint: disable=import-outside-toplevel
   cfg = smoothing.graphdef_config(*model) if isinstance(model, tuple) else model.config
-  own = float(getattr(cfg.noise, "input_sigma", 0) or 0)
+  own = float(cfg.noise.input_sigma)
   if own > 0 and not any(a == "--sigma" or a.startswith("--sigma=") for a in argv):
     print(f"evaluate: note: the model carries Gaussian input noise σ={own:g} "
           f"({cfg.noise.sigma_space}); --sigma (default 0) replaces it, so this run has none: "
