@@ -125,8 +125,48 @@ def training_plot(path: pathlib.Path) -> None:
                 title="CNI-W fine-tuning from resnet20_at", legend=False)
 
 
+def seed1_plot(path: pathlib.Path) -> None:
+  """Model 4's PGD-2 run: training accuracy and the per-epoch validation (clean, PGD-10)."""
+  f = RESULTS / "seed1_train.jsonl"
+  if not f.exists():
+    print(f"[report] {f.name}: not yet measured, skipped", file=sys.stderr)
+    return
+  rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+  tr = [r for r in rows if r["split"] == "train"]
+  va = [r for r in rows if r["split"] == "val"]
+  plt = plots._pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  key = "adv_accuracy" if tr and "adv_accuracy" in tr[0] else "accuracy"
+  ax.plot([r["step"] for r in tr], [100 * r[key] for r in tr], alpha=0.5,
+          label="PGD-2 training accuracy")
+  ax.plot([r["step"] for r in va], [100 * r["accuracy"] for r in va], "o-",
+          label="validation, clean")
+  ax.plot([r["step"] for r in va], [100 * r["pgd_accuracy"] for r in va], "s-",
+          label="validation, PGD-10")
+  plots._finish(plt, fig, ax, path, xlabel="training step (batch 128)", ylabel="accuracy (%)",
+                title="resnet20_at_seed1: PGD-2 adversarial training", legend=True)
+
+
+def certify_plot(path: pathlib.Path) -> None:
+  """Certified accuracy vs L2 radius from a ``certify.tsv`` of ``python -m evaluate --certify``."""
+  f = RESULTS / "cniiw_certify.tsv"
+  if not f.exists():
+    print(f"[report] {f.name}: not yet measured, skipped", file=sys.stderr)
+    return
+  lines = [line.split("\t") for line in f.read_text().splitlines()[1:] if line.strip()]
+  per_sigma: dict[float, tuple[list[float], list[bool]]] = {}
+  for _, _, _, radius, correct, sigma, _ in lines:
+    radii, hits = per_sigma.setdefault(float(sigma), ([], []))
+    radii.append(float(radius))
+    hits.append(correct in ("True", "1"))
+  plots.plot_certified_accuracy(per_sigma, path, title="resnet20_cniiw_at: certified accuracy "
+                                f"(CERTIFY, {len(lines)} images, n = 10,000)")
+
+
 def main() -> None:
   training_plot(HERE / "cniw_training.png")
+  seed1_plot(HERE / "seed1_training.png")
+  certify_plot(HERE / "cniiw_certify.png")
   cniw = [load(f"cniw_n_{a}") for a in ("pgd20", "pgd7")]
   cniw = [r for rs in cniw if rs for r in rs]
   if cniw:
