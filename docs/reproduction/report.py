@@ -34,6 +34,16 @@ def load(name: str) -> list[dict] | None:
   return json.loads(path.read_text())
 
 
+def metrics(name: str) -> tuple[list[dict], list[dict]] | None:
+  """A run's ``metrics.jsonl`` copied to ``results/NAME.jsonl``: its (train, val) records."""
+  path = RESULTS / f"{name}.jsonl"
+  if not path.exists():
+    print(f"[report] {path.name}: not yet measured, skipped", file=sys.stderr)
+    return None
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return ([r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "val"])
+
+
 def attack_name(r: dict) -> str:
   return "clean" if r["attack"] == "none" else f"{r['attack'].upper()}-{r['steps']}"
 
@@ -108,12 +118,10 @@ def training_plot(path: pathlib.Path) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (label, name) in enumerate(runs.items()):
-    f = RESULTS / f"{name}.jsonl"
-    if not f.exists():
+    run = metrics(name)
+    if run is None:
       continue
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    tr = [r for r in rows if r["split"] == "train"]
-    va = [r for r in rows if r["split"] == "val"]
+    tr, va = run
     ax.plot([r["step"] for r in tr], [100 * r["adv_accuracy"] for r in tr], color=colors[i],
             alpha=0.5, label=f"{label}: FGSM training accuracy")
     ax.plot([r["step"] for r in va], [100 * r["accuracy"] for r in va], "o-", color=colors[i],
@@ -127,17 +135,13 @@ def training_plot(path: pathlib.Path) -> None:
 
 def seed1_plot(path: pathlib.Path) -> None:
   """Model 4's PGD-2 run: training accuracy and the per-epoch validation (clean, PGD-10)."""
-  f = RESULTS / "seed1_train.jsonl"
-  if not f.exists():
-    print(f"[report] {f.name}: not yet measured, skipped", file=sys.stderr)
+  run = metrics("seed1_train")
+  if run is None:
     return
-  rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-  tr = [r for r in rows if r["split"] == "train"]
-  va = [r for r in rows if r["split"] == "val"]
+  tr, va = run
   plt = plots._pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  key = "adv_accuracy" if tr and "adv_accuracy" in tr[0] else "accuracy"
-  ax.plot([r["step"] for r in tr], [100 * r[key] for r in tr], alpha=0.5,
+  ax.plot([r["step"] for r in tr], [100 * r["adv_accuracy"] for r in tr], alpha=0.5,
           label="PGD-2 training accuracy")
   ax.plot([r["step"] for r in va], [100 * r["accuracy"] for r in va], "o-",
           label="validation, clean")
