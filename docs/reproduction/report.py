@@ -71,6 +71,83 @@ def table(records: list[dict], *, sigma: float, ns, votes=VOTES) -> str:
   return "\n".join(lines)
 
 
+HEADLINE = (("resnet20_cniw_at", "head_cniw"), ("resnet20_cniiw_at", "head_cniiw"),
+            ("resnet20_at", "head_at"), ("resnet20_at_seed1", "head_seed1"))
+
+
+def headline_table(runs=HEADLINE, *, n: int = 32, votes=VOTES) -> str | None:
+  """Markdown: a row per (model, sigma) of the headline evaluations; clean and PGD at n = 1 and n.
+
+  Each cell is the accuracy in %; the n = 1 and hard-vote cells carry the 95% interval of the
+  record (``accuracy_ci_low`` / ``accuracy_ci_high``: over the independent weight-noise blocks of
+  a noisy model, Clopper-Pearson for a deterministic one).
+  """
+  def cell(rs, attack, vote, k, ci=False):
+    hit = [r for r in rs if (r["attack"] == "none") == (attack == "none") and r["vote"] == vote
+           and r["n"] == k]
+    if not hit:
+      return ""
+    r = hit[0]
+    text = f"{100 * r['accuracy']:.1f}"
+    if ci and r.get("accuracy_ci_low") is not None:
+      text += f" [{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]"
+    return text
+
+  lines = []
+  for model, name in runs:
+    rs = load(name)
+    if not rs:
+      continue
+    for s in sorted({r["sigma"] for r in rs}):
+      at_s = [r for r in rs if np.isclose(r["sigma"], s)]
+      row = [f"`{model}`", f"{s:g}", f"{at_s[0]['num_images']:,}"]
+      for attack in ("none", "pgd"):
+        row.append(cell(at_s, attack, "hard", 1, ci=True))
+        row.append(" / ".join(cell(at_s, attack, v, n, ci=v == "hard") for v in votes))
+      lines.append("| " + " | ".join(row) + " |")
+  if not lines:
+    return None
+  vs = " / ".join(votes)
+  head = (f"| model | σ | images | clean, n = 1 | clean, n = {n} ({vs}) | PGD-20, n = 1 | "
+          f"PGD-20, n = {n} ({vs}) |")
+  return "\n".join([head, "|" + " --- |" * 7] + lines)
+
+
+def gains_table(runs=HEADLINE, *, n: int = 32) -> str | None:
+  """Markdown: paired differences on the same images and samples (``stats.paired_difference``).
+
+  Reads the per-image correctness that each headline evaluation keeps under its workdir's
+  ``points/`` (copied to ``results/NAME/points``): the smoothing gain ``n`` vs 1 (hard vote)
+  and soft / weighted vs hard at ``n``, with a paired 95% interval over the noise blocks.
+  """
+  from smoothjax import evaluation, stats  # pylint: disable=import-outside-toplevel
+
+  def diff(workdir, s, kind, a, b):
+    ca, blocks = evaluation.load_correct(workdir, sigma=s, vote=a[0], n=a[1], kind=kind)
+    cb, _ = evaluation.load_correct(workdir, sigma=s, vote=b[0], n=b[1], kind=kind)
+    d = stats.paired_difference(ca, cb, block_ids=blocks)
+    return f"{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+  lines = []
+  for model, name in runs:
+    workdir = RESULTS / name
+    rs = load(name)
+    if not rs or not (workdir / "points").is_dir():
+      continue
+    for s in sorted({r["sigma"] for r in rs}):
+      row = [f"`{model}`", f"{s:g}"]
+      for kind in ("clean", "adv"):
+        row.append(diff(workdir, s, kind, ("hard", n), ("hard", 1)))
+        row += [diff(workdir, s, kind, (v, n), ("hard", n)) for v in ("soft", "weighted")]
+      lines.append("| " + " | ".join(row) + " |")
+  if not lines:
+    return None
+  head = (f"| model | σ | clean: n = {n} − n = 1 (hard) | clean: soft − hard "
+          f"| clean: weighted − hard | PGD-20: n = {n} − n = 1 (hard) | PGD-20: soft − hard "
+          "| PGD-20: weighted − hard |")
+  return "\n".join([head, "|" + " --- |" * 8] + lines)
+
+
 def relabel(records: list[dict]) -> list[dict]:
   """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
 
@@ -168,6 +245,13 @@ def certify_plot(path: pathlib.Path) -> None:
 
 
 def main() -> None:
+  head = headline_table()
+  if head:
+    print("## Headline: all JPEG test images, one evaluation per model\n" + head + "\n")
+  gains = gains_table()
+  if gains:
+    print("## Headline: paired differences (points, 95% interval over noise blocks)\n" + gains
+          + "\n")
   training_plot(HERE / "cniw_training.png")
   seed1_plot(HERE / "seed1_training.png")
   certify_plot(HERE / "cniiw_certify.png")
