@@ -55,7 +55,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -523,23 +522,36 @@ def _runs_nattack(s: EvalSettings) -> bool:
   return s.attack == "nattack" or (s.sanity_checks and s.sanity_nattack)
 
 
+def _state_digest(model) -> str | None:
+  """SHA-256 prefix of a model's parameters and statistics (its ``nnx.State`` leaves, in order).
+
+  The model's identity in the fingerprint: the same weights loaded from another path, a fresh
+  clone or a copied checkpoint (new mtime) resume the same points; changed weights never do.
+  """
+  if model is None:
+    return None
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(smoothing.split_model(model)[1]):
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
 def _fingerprint(p: Prepared) -> str:
   s = p.settings
-  ck = p.info.get("checkpoint", s.checkpoint)
-  try:
-    st = os.stat(ck)
-    ck_id = [str(pathlib.Path(ck).resolve()), st.st_size, int(st.st_mtime)]
-  except OSError:
-    ck_id = [str(ck)]
   d = {
-      "version": _VERSION, "checkpoint": ck_id, "step": p.info.get("step"),
+      "version": _VERSION, "model": _state_digest(p.model),
+      "source_model": _state_digest(p.source_model), "step": p.info.get("step"),
       "model_config": p.info.get("model_config"), "dataset": s.dataset, "split": s.split,
       "num_images": int(len(p.y)),
       "images": hashlib.sha256(np.ascontiguousarray(p.x).tobytes()).hexdigest()[:16],
       "sigma_space": s.sigma_space, "ns": list(s.ns), "votes": list(s.votes), "seed": s.seed,
       "noise_block": s.noise_block,
       "attack": [s.attack, s.eps, s.norm, s.steps, s.step_size, s.attack_samples, s.restarts,
-                 s.source_checkpoint, s.nattack_population, s.nattack_iterations]
+                 s.nattack_population, s.nattack_iterations]
       + ([s.apgd_preset] if s.attack in _APGD_ATTACKS else [])
       + ([s.fixed_noise] if s.attack == "smoothadv" else [])
       + ([s.final_draws] if s.final_draws != 1 else [])

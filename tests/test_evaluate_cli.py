@@ -125,6 +125,25 @@ def test_run_writes_records_plots_certify_and_resumes(tiny, tmp_path):
   assert -1 <= d.diff <= 1
 
 
+def test_fingerprint_follows_the_weights_not_the_checkpoint_path(tiny, tmp_path):
+  """A copied checkpoint (new path, new mtime, e.g. a fresh clone) resumes the same points;
+  changed weights get a new fingerprint, so stale points are never reused."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  def fingerprint(ck):
+    s = evaluation.EvalSettings(checkpoint=str(ck), dataset=tiny["data"], sigmas=(0.0,), ns=(1,),
+                                progress=False, workdir=str(tmp_path / "wd"))
+    return evaluation.prepare(s).fingerprint
+
+  copy = tmp_path / "copied" / "ckpt"
+  shutil.copytree(tiny["ckpt"], copy, copy_function=shutil.copy)  # fresh mtimes
+  os.utime(copy, (1, 1))
+  assert fingerprint(copy) == fingerprint(tiny["ckpt"])
+  changed = models.build_model("resnet20", key=1)
+  checkpoints.save_model(tmp_path / "other", changed)
+  assert fingerprint(tmp_path / "other") != fingerprint(tiny["ckpt"])
+
+
 def test_ci_blocks_follow_noise_blocks_and_craft_batches():
   """Weight noise: CI blocks = noise blocks, merged with the craft batches for attacked images."""
   from tiny_model import TinyLinear  # pylint: disable=import-outside-toplevel
