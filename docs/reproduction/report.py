@@ -6,8 +6,9 @@ Usage (from the repository root)::
 
 Every ``results/NAME.json`` is the ``results.json`` of one ``python -m evaluate`` run (the
 command that made it is in ``docs/reproduction.md``), or, for ``attack_vs_compute*.json``, the
-output of ``python -m smoothjax.attacks``. Missing files are skipped with a note, so the report
-grows as the evaluations finish.
+output of ``python -m smoothjax.attacks``; ``results/NAME/points/`` is the ``points/`` folder of
+a headline evaluation's workdir (per-image correctness, for the paired differences). Missing
+files are skipped with a note, so the report grows as the evaluations finish.
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ def main() -> None:
                                    title=f"{model}: accuracy vs σ (n = {max(ns)})")
   for path in sorted(RESULTS.glob("*.json")):  # the single evaluations: every sigma and n
     name = path.stem
-    if name.startswith(("cniw_n_", "attack_vs")) or name.endswith(("_sigma", "_checks")):
+    if name.startswith(("cniw_n_", "cniw_n1000_", "attack_vs", "head_")) \
+        or name.endswith(("_sigma", "_checks")):
       continue
     rs = json.loads(path.read_text())
     ns = sorted({r["n"] for r in rs})
