@@ -149,6 +149,36 @@ def gains_table(runs=HEADLINE, *, n: int = 32) -> str | None:
   return "\n".join([head, "|" + " --- |" * 8] + lines)
 
 
+VERSUS = ((("resnet20_cniw_at", "head_cniw", 0.0), ("resnet20_at", "head_at", 0.0)),
+          (("resnet20_cniw_at", "head_cniw", 0.05), ("resnet20_at", "head_at", 0.03)),
+          (("resnet20_cniiw_at", "head_cniiw", 0.05), ("resnet20_at", "head_at", 0.03)))
+
+
+def versus_table(pairs=VERSUS, *, n: int = 32, vote: str = "hard") -> str | None:
+  """Markdown: a smoothed noisy model against the noise-free parent, paired by test image.
+
+  Each model is attacked white-box on its own; the pairing is by image, and the interval's
+  blocks merge both models' blocks (``stats.merge_blocks``).
+  """
+  from smoothjax import evaluation, stats  # pylint: disable=import-outside-toplevel
+  lines = []
+  for (ma, na, sa), (mb, nb, sb) in pairs:
+    if not all((RESULTS / name / "points").is_dir() for name in (na, nb)):
+      continue
+    row = [f"`{ma}` σ = {sa:g}, n = {n}", f"`{mb}` σ = {sb:g}, n = {n}"]
+    for kind in ("clean", "adv"):
+      ca, ba = evaluation.load_correct(RESULTS / na, sigma=sa, vote=vote, n=n, kind=kind)
+      cb, bb = evaluation.load_correct(RESULTS / nb, sigma=sb, vote=vote, n=n, kind=kind)
+      d = stats.paired_difference(ca, cb, block_ids=stats.merge_blocks(ba, bb))
+      row.append(f"{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
+    lines.append("| " + " | ".join(row) + " |")
+  if not lines:
+    return None
+  head = (f"| smoothed noisy model | noise-free parent | clean: difference ({vote}) "
+          "| PGD-20: difference |")
+  return "\n".join([head, "|" + " --- |" * 4] + lines)
+
+
 def relabel(records: list[dict]) -> list[dict]:
   """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
 
@@ -252,6 +282,10 @@ def main() -> None:
   gains = gains_table()
   if gains:
     print("## Headline: paired differences (points, 95% interval over noise blocks)\n" + gains
+          + "\n")
+  versus = versus_table()
+  if versus:
+    print("## Headline: noisy models against the noise-free parent (paired by image)\n" + versus
           + "\n")
   training_plot(HERE / "cniw_training.png")
   seed1_plot(HERE / "seed1_training.png")
