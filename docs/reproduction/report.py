@@ -179,6 +179,46 @@ def versus_table(pairs=VERSUS, *, n: int = 32, vote: str = "hard") -> str | None
   return "\n".join([head, "|" + " --- |" * 4] + lines)
 
 
+CURVES = ("cniw_n1000_pgd20", "cniw_n1000_pgd7")  # accuracy vs n, 1,000 images, 3 repeats
+
+
+def smoothing_table(names=CURVES, *, n: int = 512) -> str | None:
+  """Markdown: the effect of smoothing, ``n`` vs 1, per vote, from the curves' points.
+
+  Per repeat, the accuracy at ``n`` minus that at ``n = 1`` on the same images and samples
+  (one pass scores every ``n``); the cells give mean ± std over the repeats, and the paired 95%
+  interval (``stats.paired_difference``, block t over the weight-noise blocks).
+  """
+  from smoothjax import evaluation, stats  # pylint: disable=import-outside-toplevel
+  lines, seen = [], set()
+  for name in names:
+    workdir = RESULTS / name
+    rs = load(name)
+    if not rs or not (workdir / "points").is_dir():
+      continue
+    for kind in ("clean", "adv"):
+      rows = [r for r in rs if (r["attack"] == "none") == (kind == "clean")]
+      label = "clean" if kind == "clean" else attack_name(rows[0])
+      if label in seen:  # every run rescored the clean images: keep the first
+        continue
+      seen.add(label)
+      for vote in VOTES:
+        c1, blocks = evaluation.load_correct(workdir, sigma=0.0, vote="hard", n=1, kind=kind)
+        cn, _ = evaluation.load_correct(workdir, sigma=0.0, vote=vote, n=n, kind=kind)
+        a1, an = 100 * c1.mean(axis=1), 100 * cn.mean(axis=1)
+        d = stats.paired_difference(cn, c1, block_ids=blocks)
+        lines.append(
+            f"| {label} | {vote} | {a1.mean():.1f} ± {a1.std(ddof=1):.1f} "
+            f"| {an.mean():.1f} ± {an.std(ddof=1):.1f} "
+            f"| {(an - a1).mean():+.1f} ± {(an - a1).std(ddof=1):.1f} "
+            f"| [{100 * d.low:+.1f}, {100 * d.high:+.1f}] |")
+  if not lines:
+    return None
+  head = (f"| attack | vote at n = {n} | n = 1 | n = {n} | n = {n} − n = 1 (mean ± std) "
+          "| paired 95% interval |")
+  return "\n".join([head, "|" + " --- |" * 6] + lines)
+
+
 def relabel(records: list[dict]) -> list[dict]:
   """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
 
@@ -290,11 +330,19 @@ def main() -> None:
   training_plot(HERE / "cniw_training.png")
   seed1_plot(HERE / "seed1_training.png")
   certify_plot(HERE / "cniiw_certify.png")
-  cniw = [load(f"cniw_n_{a}") for a in ("pgd20", "pgd7")]
+  smoothing = smoothing_table()
+  if smoothing:
+    print("## CNI-W: the effect of smoothing, n = 512 vs n = 1 (1,000 images, 3 repeats)\n"
+          + smoothing + "\n")
+  # the accuracy-vs-n curves: 1,000 images where measured, else the earlier 200-image runs
+  cniw = [load(name) if (RESULTS / f"{name}.json").exists() else load(name.replace("n1000", "n"))
+          for name in CURVES]
   cniw = [r for rs in cniw if rs for r in rs]
   if cniw:
     ns = sorted({r["n"] for r in cniw})
-    print("## CNI-W, sigma = 0\n" + table(cniw, sigma=0.0, ns=ns) + "\n")
+    images = sorted({r["num_images"] for r in cniw})
+    print(f"## CNI-W, sigma = 0 ({' and '.join(f'{i:,}' for i in images)} images)\n"
+          + table(cniw, sigma=0.0, ns=ns) + "\n")
     seen, recs = set(), []
     for r in relabel(cniw):
       key = (r["attack"], r["vote"], r["n"])
@@ -302,7 +350,8 @@ def main() -> None:
         seen.add(key)
         recs.append(r)
     plots.plot_accuracy_vs_n(recs, HERE / "cniw_accuracy_vs_n.png", vote="soft",
-                             title="resnet20_cniw_at: smoothed accuracy vs n (soft vote)")
+                             title=f"resnet20_cniw_at: smoothed accuracy vs n (soft vote, "
+                             f"{images[-1]:,} images)")
     votes_plot([r for r in cniw if r["attack"] == "none" or r["steps"] == 20],
                HERE / "cniw_votes.png", sigma=0.0,
                title="resnet20_cniw_at: the three votes (clean and PGD-20)")
