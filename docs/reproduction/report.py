@@ -149,6 +149,42 @@ def gains_table(runs=HEADLINE, *, n: int = 32) -> str | None:
   return "\n".join([head, "|" + " --- |" * 8] + lines)
 
 
+def reproducibility_table(runs=HEADLINE, *, first: int = 1000) -> str | None:
+  """Markdown: each headline run, cut to its first ``first`` images, against its model card.
+
+  The cards' ``accuracy_jpeg`` numbers come from evaluations with ``--limit=1000``; the noise and
+  attack keys follow the image index, so the 10,000-image run's points restricted to the same
+  images must give them back exactly (every vote, n = 1 and 32, clean and PGD).
+  """
+  from smoothjax import evaluation, pretrained  # pylint: disable=import-outside-toplevel
+  lines = []
+  for model, name in runs:
+    if not (RESULTS / name / "points").is_dir():
+      continue
+    results = pretrained.card(model)["accuracy_jpeg"]["results"]
+    compared, worst = 0, 0.0
+    for sig, by_kind in results.items():
+      s = float(sig.split("=")[1])
+      if not any(np.isclose(r["sigma"], s) for r in load(name)):
+        continue  # a card's sigma that the headline run did not evaluate
+      for attack, by_n in by_kind.items():
+        kind = "clean" if attack == "clean" else "adv"
+        for key, by_vote in by_n.items():
+          for vote, acc in by_vote.items():
+            if vote not in VOTES:
+              continue
+            c, _ = evaluation.load_correct(RESULTS / name, sigma=s, vote=vote,
+                                           n=int(key.split("=")[1]), kind=kind)
+            worst = max(worst, abs(c[:, :first].mean() - acc))
+            compared += 1
+    lines.append(f"| `{model}` | {compared} | {100 * worst:.2f} |")
+  if not lines:
+    return None
+  head = (f"| model | card numbers compared | largest difference on the first {first:,} images "
+          "(points) |")
+  return "\n".join([head, "| --- | --- | --- |"] + lines)
+
+
 VERSUS = ((("resnet20_cniw_at", "head_cniw", 0.0), ("resnet20_at", "head_at", 0.0)),
           (("resnet20_cniw_at", "head_cniw", 0.05), ("resnet20_at", "head_at", 0.03)),
           (("resnet20_cniiw_at", "head_cniiw", 0.05), ("resnet20_at", "head_at", 0.03)))
@@ -327,6 +363,9 @@ def main() -> None:
   if versus:
     print("## Headline: noisy models against the noise-free parent (paired by image)\n" + versus
           + "\n")
+  repro = reproducibility_table()
+  if repro:
+    print("## Headline runs against the model cards (first 1,000 images)\n" + repro + "\n")
   training_plot(HERE / "cniw_training.png")
   seed1_plot(HERE / "seed1_training.png")
   certify_plot(HERE / "cniiw_certify.png")
