@@ -215,44 +215,56 @@ def versus_table(pairs=VERSUS, *, n: int = 32, vote: str = "hard") -> str | None
   return "\n".join([head, "|" + " --- |" * 4] + lines)
 
 
-CURVES = ("cniw_n1000_pgd20", "cniw_n1000_pgd7")  # accuracy vs n, 1,000 images, 3 repeats
+# accuracy vs n on 1,000 images, 3 repeats: each model's PGD-20 and PGD-7 runs (results/NAME)
+CURVES = {"cniw": ("cniw_n1000_pgd20", "cniw_n1000_pgd7"),
+          "cniiw": ("cniiw_n1000_pgd20", "cniiw_n1000_pgd7"),
+          "at": ("at_n1000_pgd20", "at_n1000_pgd7")}
 
 
-def smoothing_table(names=CURVES, *, n: int = 512) -> str | None:
-  """Markdown: the effect of smoothing, ``n`` vs 1, per vote, from the curves' points.
+def curve_records(names) -> list[dict]:
+  """The measured runs of one model's curves, one list (clean records from each run)."""
+  return [r for name in names if (RESULTS / f"{name}.json").exists() for r in load(name)]
+
+
+def smoothing_table(curves=CURVES) -> str | None:
+  """Markdown: the effect of smoothing, the largest ``n`` vs 1, per vote, from the curves' points.
 
   Per repeat, the accuracy at ``n`` minus that at ``n = 1`` on the same images and samples
   (one pass scores every ``n``); the cells give mean ± std over the repeats, and the paired 95%
   interval (``stats.paired_difference``, block t over the weight-noise blocks).
   """
   from smoothjax import evaluation, stats  # pylint: disable=import-outside-toplevel
-  lines, seen = [], set()
-  for name in names:
-    workdir = RESULTS / name
-    rs = load(name)
-    if not rs or not (workdir / "points").is_dir():
-      continue
-    for kind in ("clean", "adv"):
-      rows = [r for r in rs if (r["attack"] == "none") == (kind == "clean")]
-      label = "clean" if kind == "clean" else attack_name(rows[0])
-      if label in seen:  # every run rescored the clean images: keep the first
+  lines = []
+  for key, names in curves.items():
+    seen = set()
+    for name in names:
+      workdir = RESULTS / name
+      rs = load(name) if (RESULTS / f"{name}.json").exists() else None
+      if not rs or not (workdir / "points").is_dir():
         continue
-      seen.add(label)
-      for vote in VOTES:
-        c1, blocks = evaluation.load_correct(workdir, sigma=0.0, vote="hard", n=1, kind=kind)
-        cn, _ = evaluation.load_correct(workdir, sigma=0.0, vote=vote, n=n, kind=kind)
-        a1, an = 100 * c1.mean(axis=1), 100 * cn.mean(axis=1)
-        d = stats.paired_difference(cn, c1, block_ids=blocks)
-        lines.append(
-            f"| {label} | {vote} | {a1.mean():.1f} ± {a1.std(ddof=1):.1f} "
-            f"| {an.mean():.1f} ± {an.std(ddof=1):.1f} "
-            f"| {(an - a1).mean():+.1f} ± {(an - a1).std(ddof=1):.1f} "
-            f"| [{100 * d.low:+.1f}, {100 * d.high:+.1f}] |")
+      sigma, n = rs[0]["sigma"], max(r["n"] for r in rs)
+      for kind in ("clean", "adv"):
+        rows = [r for r in rs if (r["attack"] == "none") == (kind == "clean")]
+        label = "clean" if kind == "clean" else attack_name(rows[0])
+        if label in seen:  # every run rescored the clean images: keep the first
+          continue
+        seen.add(label)
+        for vote in VOTES:
+          c1, blocks = evaluation.load_correct(workdir, sigma=sigma, vote="hard", n=1, kind=kind)
+          cn, _ = evaluation.load_correct(workdir, sigma=sigma, vote=vote, n=n, kind=kind)
+          a1, an = 100 * c1.mean(axis=1), 100 * cn.mean(axis=1)
+          d = stats.paired_difference(cn, c1, block_ids=blocks)
+          lines.append(
+              f"| `{MODELS[key]}` | {sigma:g} | {label} | {vote} | {n} "
+              f"| {a1.mean():.1f} ± {a1.std(ddof=1):.1f} "
+              f"| {an.mean():.1f} ± {an.std(ddof=1):.1f} "
+              f"| {(an - a1).mean():+.1f} ± {(an - a1).std(ddof=1):.1f} "
+              f"| [{100 * d.low:+.1f}, {100 * d.high:+.1f}] |")
   if not lines:
     return None
-  head = (f"| attack | vote at n = {n} | n = 1 | n = {n} | n = {n} − n = 1 (mean ± std) "
+  head = ("| model | σ | attack | vote at n | n | n = 1 (hard) | at n | difference (mean ± std) "
           "| paired 95% interval |")
-  return "\n".join([head, "|" + " --- |" * 6] + lines)
+  return "\n".join([head, "|" + " --- |" * 9] + lines)
 
 
 def relabel(records: list[dict]) -> list[dict]:
@@ -371,29 +383,28 @@ def main() -> None:
   certify_plot(HERE / "cniiw_certify.png")
   smoothing = smoothing_table()
   if smoothing:
-    print("## CNI-W: the effect of smoothing, n = 512 vs n = 1 (1,000 images, 3 repeats)\n"
+    print("## The effect of smoothing, the largest n vs n = 1 (1,000 images, 3 repeats)\n"
           + smoothing + "\n")
-  # the accuracy-vs-n curves: 1,000 images where measured, else the earlier 200-image runs
-  cniw = [load(name) if (RESULTS / f"{name}.json").exists() else load(name.replace("n1000", "n"))
-          for name in CURVES]
-  cniw = [r for rs in cniw if rs for r in rs]
-  if cniw:
-    ns = sorted({r["n"] for r in cniw})
-    images = sorted({r["num_images"] for r in cniw})
-    print(f"## CNI-W, sigma = 0 ({' and '.join(f'{i:,}' for i in images)} images)\n"
-          + table(cniw, sigma=0.0, ns=ns) + "\n")
+  for key, names in CURVES.items():
+    rs = curve_records(names)
+    if not rs:
+      continue
+    model, sigma = MODELS[key], rs[0]["sigma"]
+    ns = sorted({r["n"] for r in rs})
+    print(f"## {model}, sigma = {sigma:g} (1,000 images)\n" + table(rs, sigma=sigma, ns=ns) + "\n")
     seen, recs = set(), []
-    for r in relabel(cniw):
-      key = (r["attack"], r["vote"], r["n"])
-      if key not in seen:  # clean records appear in both runs: keep the first
-        seen.add(key)
+    for r in relabel(rs):
+      k = (r["attack"], r["vote"], r["n"])
+      if k not in seen:  # clean records appear in both runs: keep the first
+        seen.add(k)
         recs.append(r)
-    plots.plot_accuracy_vs_n(recs, HERE / "cniw_accuracy_vs_n.png", vote="soft",
-                             title=f"resnet20_cniw_at: smoothed accuracy vs n (soft vote, "
-                             f"{images[-1]:,} images)")
-    votes_plot([r for r in cniw if r["attack"] == "none" or r["steps"] == 20],
-               HERE / "cniw_votes.png", sigma=0.0,
-               title="resnet20_cniw_at: the three votes (clean and PGD-20)")
+    plots.plot_accuracy_vs_n(recs, HERE / f"{key}_accuracy_vs_n.png", vote="soft",
+                             title=f"{model}: smoothed accuracy vs n (soft vote, σ = {sigma:g}, "
+                             "1,000 images)")
+    if key == "cniw":
+      votes_plot([r for r in rs if r["attack"] == "none" or r["steps"] == 20],
+                 HERE / "cniw_votes.png", sigma=sigma,
+                 title="resnet20_cniw_at: the three votes (clean and PGD-20)")
   for name in ("cniw_sigma", "cniiw_sigma", "at_sigma"):
     rs = load(name)
     if rs:
@@ -405,7 +416,7 @@ def main() -> None:
                                    title=f"{model}: accuracy vs σ (n = {max(ns)})")
   for path in sorted(RESULTS.glob("*.json")):  # the single evaluations: every sigma and n
     name = path.stem
-    if name.startswith(("cniw_n_", "cniw_n1000_", "attack_vs", "head_")) \
+    if name.startswith(("cniw_n_", "attack_vs", "head_")) or "_n1000_" in name \
         or name.endswith(("_sigma", "_checks")):
       continue
     rs = json.loads(path.read_text())
