@@ -512,6 +512,9 @@ def test_attack_vs_compute_rows_and_plot(tmp_path):
 def test_attack_vs_compute_cli_arguments():
   with pytest.raises(SystemExit):
     attacks_cli.main(["--checkpoint=x", "--budgets=4by8"])
+  for bad in ("pgd,apgd_ce", "pgd,pgd", "pgd,"):  # refused before any checkpoint is read
+    with pytest.raises(SystemExit):
+      attacks_cli.main(["--checkpoint=x", f"--attacks={bad}"])
   assert attacks_cli._budgets("1x1, 4x8") == [(1, 1), (4, 8)]
   assert attacks_cli._fraction("8/255") == pytest.approx(8 / 255)
 

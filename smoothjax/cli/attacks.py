@@ -20,6 +20,8 @@ from smoothjax._utils import parse_fraction
 
 __all__ = ["main"]
 
+_ATTACKS = ("pgd", "epgd", "smoothadv", "pgd_s")  # those attack_vs_compute runs
+
 
 def _fraction(text: str) -> float:
   try:
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   ap = argparse.ArgumentParser(prog="python -m smoothjax.cli.attacks",
                                description="Accuracy against attack compute k*m (PGD, EPGD, "
-                               "SmoothAdv), with and without smoothing.")
+                               "SmoothAdv, PGD-s), with and without smoothing.")
   ap.add_argument("--checkpoint", required=True, help="as python -m evaluate --checkpoint")
   ap.add_argument("--noise", default=None, help="the model's noise when the file has none")
   ap.add_argument("--dataset", default="cifar10")
@@ -64,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--step_size", type=_fraction, default=None)
   ap.add_argument("--budgets", type=_budgets,
                   default=_budgets("1x1,2x1,4x1,8x1,16x1,1x4,2x4,4x4"))
-  ap.add_argument("--attacks", default="pgd,epgd,smoothadv")
+  ap.add_argument("--attacks", default="pgd,epgd,smoothadv,pgd_s",
+                  help="comma-separated, of pgd, epgd, smoothadv (Salman et al.'s fixed draws), "
+                  "pgd_s (PGD on the soft-smoothed classifier, fresh draws); each attack's "
+                  "key follows its position in the list")
   ap.add_argument("--n", default="1,32", help="smoothing sample counts scored (hard vote)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--batch_size", type=int, default=256)
@@ -79,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError
   except ValueError:
     ap.error(f"--n must be positive integers, got {args.n!r}")
+  names = tuple(a.strip() for a in args.attacks.split(","))
+  unknown = [a for a in names if a not in _ATTACKS]
+  if unknown or len(set(names)) != len(names):
+    ap.error(f"--attacks must be distinct names among {', '.join(_ATTACKS)}; got "
+             f"{args.attacks!r}")
   try:
     model, _ = checkpoints.load_model(args.checkpoint, noise=args.noise)
     ds = data.load_dataset(args.dataset)
@@ -100,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return {f"n={n}": stats.accuracy_ci(c, block_ids=blocks) for n, c in zip(ns, correct)}
 
   rows = attacks.attack_vs_compute(logits_fn, x, y, key=jax.random.fold_in(key, 0), eps=args.eps,
-                           budgets=args.budgets, attacks=tuple(args.attacks.split(",")),
+                           budgets=args.budgets, attacks=names,
                            accuracy_fn=accuracy_fn, step_size=args.step_size, norm=args.norm,
                            batch_size=args.batch_size)
   out = pathlib.Path(args.out)
