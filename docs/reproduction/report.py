@@ -13,6 +13,7 @@ files are skipped with a note, so the report grows as the evaluations finish.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import sys
@@ -428,12 +429,22 @@ def main() -> None:
     for c in json.loads(path.read_text()):
       print(f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'} ({c['detail']})")
     print()
-  avc = RESULTS / "attack_vs_compute.json"
-  if avc.exists():
-    data = json.loads(avc.read_text())
-    rows = data["rows"] if isinstance(data, dict) else data
+  rows = []  # attack vs compute: the PGD / EPGD / SmoothAdv run, then the PGD-s run
+  for path in sorted(RESULTS.glob("attack_vs_compute*.json")):
+    data = json.loads(path.read_text())
+    rows += data["rows"] if isinstance(data, dict) else data
+  if rows:
     plots.plot_attack_vs_compute(rows, HERE / "attack_vs_compute.png",
                                  title="resnet20_cniw_at: attack vs compute (200 images)")
+    labels = sorted({r["label"] for r in rows}, key=lambda lbl: int(lbl.split("=")[1]))
+    print("## Attack vs compute (200 images; hard vote)\n| attack | k | m | compute | "
+          + " | ".join(labels) + " |\n|" + " --- |" * (4 + len(labels)))
+    for (a, k, m), group in itertools.groupby(rows, lambda r: (r["attack"], r["steps"],
+                                                              r["samples"])):
+      acc = {r["label"]: f"{100 * r['accuracy']:.1f}" for r in group}
+      print(f"| {a} | {k} | {m} | {k * m} | " + " | ".join(acc.get(lbl, "") for lbl in labels)
+            + " |")
+    print()
 
 
 if __name__ == "__main__":
