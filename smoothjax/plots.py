@@ -151,9 +151,10 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
   """Plots accuracy against compute k * m (PNG via matplotlib's Agg).
 
   One line per attack and number of samples m (k varies along it; PGD has m = 1), one colour
-  per line; rows with a ``"label"`` (e.g. ``"n=1"``, ``"n=64"``: the smoothing the examples
-  were scored with) get one line style per label. SmoothAdv lines say whether its noise draws
-  were fixed across steps (``"fixed_noise"``; rows without it: fresh draws, i.e. PGD-s).
+  per line. Rows with a ``"label"`` (e.g. ``"n=1"``, ``"n=64"``: the smoothing the examples
+  were scored with) get one panel per label, side by side on a shared accuracy axis, so that
+  the lines of one scoring are compared with each other. SmoothAdv lines say whether its noise
+  draws were fixed across steps (``"fixed_noise"``; rows without it: fresh draws, i.e. PGD-s).
   Rows with ``accuracy_ci_low`` / ``accuracy_ci_high`` get their confidence interval as a band.
   """
   plt = _pyplot()
@@ -168,23 +169,32 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
   labels = sorted({lbl for _, _, lbl in curves},
                   key=lambda s: (len(s), s))  # "n=1" before "n=64"
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  styles = ["--", "-", ":", "-."]
-  fig, ax = plt.subplots(figsize=(6, 4.2))
+  markers = ["o", "s", "^", "D", "v"]
+  fig, axes = plt.subplots(1, len(labels), figsize=(1.0 + 4.2 * len(labels), 4.2), sharey=True,
+                           squeeze=False)
   for (a, m, lbl), rs in sorted(curves.items()):
+    ax = axes[0, labels.index(lbl)]
     rs = sorted(rs, key=lambda r: r["compute"])
-    name = a if a == "pgd" else f"{a} m={m}"
-    if lbl:
-      name += f" ({lbl})"
-    color = colors[series.index((a, m)) % len(colors)]
-    ax.plot([r["compute"] for r in rs], [100 * r["accuracy"] for r in rs], marker="o",
-            color=color, linestyle=styles[labels.index(lbl) % len(styles)], label=name)
+    i = series.index((a, m))
+    color = colors[i % len(colors)]
+    ax.plot([r["compute"] for r in rs], [100 * r["accuracy"] for r in rs],
+            marker=markers[i // len(colors) % len(markers)], color=color,
+            linestyle="--" if a == "pgd" else "-", zorder=3 if a == "pgd" else 2,
+            label=a if a == "pgd" else f"{a}, m={m}")  # PGD dashed on top: PGD-s at m = 1 is PGD
     _band(ax, [r["compute"] for r in rs], rs, color)
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("attack compute k·m (gradient evaluations)")
-  ax.set_ylabel("accuracy under attack (%)")
-  ax.set_title(title or "Attack vs compute")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize="small")
+  for ax, lbl in zip(axes[0], labels):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("attack compute k·m (gradient evaluations)")
+    ax.grid(True, alpha=0.3)
+    if lbl:
+      ax.set_title(f"scored at {lbl}", fontsize="medium")
+  axes[0, 0].set_ylabel("accuracy under attack (%)")
+  legend = {}  # every series once, whichever panel drew it
+  for ax in axes[0]:
+    legend.update((name, h) for h, name in zip(*ax.get_legend_handles_labels()))
+  axes[0, -1].legend(legend.values(), legend.keys(), fontsize="small", loc="upper left",
+                     bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+  fig.suptitle(title or "Attack vs compute")
   fig.tight_layout()
   _save(fig, path)
   plt.close(fig)
