@@ -429,15 +429,16 @@ def main() -> None:
     for c in json.loads(path.read_text()):
       print(f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'} ({c['detail']})")
     print()
-  rows = []  # attack vs compute: the PGD / EPGD / SmoothAdv run, then the PGD-s run
+  by_limit: dict[int, list[dict]] = {}  # attack vs compute, one figure per image count
   for path in sorted(RESULTS.glob("attack_vs_compute*.json")):
     data = json.loads(path.read_text())
-    rows += data["rows"] if isinstance(data, dict) else data
-  if rows:
-    plots.plot_attack_vs_compute(rows, HERE / "attack_vs_compute.png",
-                                 title="resnet20_cniw_at: attack vs compute (200 images)")
+    by_limit.setdefault(data["settings"]["limit"], []).extend(data["rows"])
+  for limit, rows in sorted(by_limit.items()):
+    name = "attack_vs_compute.png" if limit == 200 else f"attack_vs_compute_{limit}.png"
+    plots.plot_attack_vs_compute(rows, HERE / name, title="resnet20_cniw_at: attack vs compute "
+                                 f"({limit:,} images, hard vote)")
     labels = sorted({r["label"] for r in rows}, key=lambda lbl: int(lbl.split("=")[1]))
-    print("## Attack vs compute (200 images; hard vote)\n| attack | k | m | compute | "
+    print(f"## Attack vs compute ({limit:,} images; hard vote)\n| attack | k | m | compute | "
           + " | ".join(labels) + " |\n|" + " --- |" * (4 + len(labels)))
     for (a, k, m), group in itertools.groupby(rows, lambda r: (r["attack"], r["steps"],
                                                               r["samples"])):
@@ -445,7 +446,6 @@ def main() -> None:
       print(f"| {a} | {k} | {m} | {k * m} | " + " | ".join(acc.get(lbl, "") for lbl in labels)
             + " |")
     print()
-
 
 if __name__ == "__main__":
   main()
