@@ -47,7 +47,9 @@ def metrics(name: str) -> tuple[list[dict], list[dict]] | None:
 
 
 def attack_name(r: dict) -> str:
-  return "clean" if r["attack"] == "none" else f"{r['attack'].upper()}-{r['steps']}"
+  if r["attack"] == "none":
+    return "clean"
+  return f"{'PGD-s' if r['attack'] == 'pgd_s' else r['attack'].upper()}-{r['steps']}"
 
 
 def table(records: list[dict], *, sigma: float, ns, votes=VOTES) -> str:
@@ -268,6 +270,41 @@ def smoothing_table(curves=CURVES) -> str | None:
   return "\n".join([head, "|" + " --- |" * 9] + lines)
 
 
+# PGD against the smoothed classifier (m = 8 draws per step) and plain PGD, the same 1,000
+# images, seed and repeats as the CNI-W curves (results/NAME)
+PGD_S = ("cniw_n1000_pgd7", "cniw_n1000_pgd20", "cniw_pgds4", "cniw_pgds8")
+
+
+def pgd_s_table(names=PGD_S, *, n: int = 32, baseline: str = "cniw_n1000_pgd20") -> str | None:
+  """Markdown: each attack's accuracy at n = 1 and ``n`` (three votes), and, per repeat, its
+  difference to the ``baseline`` attack at ``n`` (hard vote) on the same images: mean ± std
+  over the repeats and the paired 95% interval (block t over the merged noise blocks)."""
+  from smoothjax import evaluation, stats  # pylint: disable=import-outside-toplevel
+  if not all((RESULTS / f"{name}.json").exists() for name in (baseline, *names)):
+    return None
+  sigma = 0.0
+  cb, bb = evaluation.load_correct(RESULTS / baseline, sigma=sigma, vote="hard", n=n, kind="adv")
+  lines = []
+  for name in names:
+    rs = [r for r in load(name) if r["attack"] != "none"]
+    k, m = rs[0]["steps"], rs[0]["attack_samples"]
+
+    def cell(vote, at, rs=rs):
+      r = next(r for r in rs if r["vote"] == vote and r["n"] == at)
+      return f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f}"
+
+    ca, ba = evaluation.load_correct(RESULTS / name, sigma=sigma, vote="hard", n=n, kind="adv")
+    d = stats.paired_difference(ca, cb, block_ids=stats.merge_blocks(ba, bb))
+    diff = 100 * (ca.mean(axis=1) - cb.mean(axis=1))
+    lines.append(f"| {attack_name(rs[0])} | {m} | {k * m} | {cell('hard', 1)} | "
+                 + " | ".join(cell(v, n) for v in VOTES)
+                 + f" | {diff.mean():+.1f} ± {diff.std(ddof=1):.1f} "
+                 f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] |")
+  head = (f"| attack | m | gradients k·m | n = 1 | n = {n} hard | n = {n} soft | n = {n} weighted "
+          f"| − PGD-20 at n = {n} (hard) |")
+  return "\n".join([head, "|" + " --- |" * 8] + lines)
+
+
 def relabel(records: list[dict]) -> list[dict]:
   """Records of the three votes whose ``attack`` names its steps (PGD-7 and PGD-20 apart).
 
@@ -386,6 +423,10 @@ def main() -> None:
   if smoothing:
     print("## The effect of smoothing, the largest n vs n = 1 (1,000 images, 3 repeats)\n"
           + smoothing + "\n")
+  pgd_s = pgd_s_table()
+  if pgd_s:
+    print("## PGD-s against PGD, resnet20_cniw_at, σ = 0 (1,000 images, 3 repeats)\n" + pgd_s
+          + "\n")
   for key, names in CURVES.items():
     rs = curve_records(names)
     if not rs:
