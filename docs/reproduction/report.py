@@ -473,7 +473,8 @@ def main() -> None:
   by_limit: dict[int, list[dict]] = {}  # attack vs compute, one figure per image count
   for path in sorted(RESULTS.glob("attack_vs_compute*.json")):
     data = json.loads(path.read_text())
-    by_limit.setdefault(data["settings"]["limit"], []).extend(data["rows"])
+    by_limit.setdefault(data["settings"]["limit"], []).extend(  # no bands (see relabel)
+        {k: v for k, v in r.items() if not k.startswith("accuracy_ci")} for r in data["rows"])
   for limit, rows in sorted(by_limit.items()):
     name = "attack_vs_compute.png" if limit == 200 else f"attack_vs_compute_{limit}.png"
     plots.plot_attack_vs_compute(rows, HERE / name, title="resnet20_cniw_at: attack vs compute "
