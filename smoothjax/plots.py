@@ -177,10 +177,11 @@ def plot_attack_vs_compute(rows: Sequence[dict], path, *, title: str | None = No
     rs = sorted(rs, key=lambda r: r["compute"])
     i = series.index((a, m))
     color = colors[i % len(colors)]
+    # PGD dashed and on top: PGD-s at m = 1 is the same attack and may hide it
     ax.plot([r["compute"] for r in rs], [100 * r["accuracy"] for r in rs],
             marker=markers[i // len(colors) % len(markers)], color=color,
             linestyle="--" if a == "pgd" else "-", zorder=3 if a == "pgd" else 2,
-            label=a if a == "pgd" else f"{a}, m={m}")  # PGD dashed on top: PGD-s at m = 1 is PGD
+            label=a if a == "pgd" else f"{a}, m={m}")
     _band(ax, [r["compute"] for r in rs], rs, color)
   for ax, lbl in zip(axes[0], labels):
     ax.set_xscale("log", base=2)

@@ -284,6 +284,7 @@ def pgd_s_table(names=PGD_S, *, n: int = 32, baseline: str = "cniw_n1000_pgd20")
     return None
   sigma = 0.0
   cb, bb = evaluation.load_correct(RESULTS / baseline, sigma=sigma, vote="hard", n=n, kind="adv")
+  base = attack_name(next(r for r in load(baseline) if r["attack"] != "none"))
   lines = []
   for name in names:
     rs = [r for r in load(name) if r["attack"] != "none"]
@@ -301,8 +302,13 @@ def pgd_s_table(names=PGD_S, *, n: int = 32, baseline: str = "cniw_n1000_pgd20")
                  + f" | {diff.mean():+.1f} ± {diff.std(ddof=1):.1f} "
                  f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}] |")
   head = (f"| attack | m | gradients k·m | n = 1 | n = {n} hard | n = {n} soft | n = {n} weighted "
-          f"| − PGD-20 at n = {n} (hard) |")
+          f"| − {base} at n = {n} (hard) |")
   return "\n".join([head, "|" + " --- |" * 8] + lines)
+
+
+def without_ci(r: dict) -> dict:
+  """A record without its confidence interval (see :func:`relabel` for why plots drop it)."""
+  return {k: v for k, v in r.items() if not k.startswith("accuracy_ci")}
 
 
 def relabel(records: list[dict]) -> list[dict]:
@@ -316,7 +322,7 @@ def relabel(records: list[dict]) -> list[dict]:
   for r in records:
     if r["vote"] not in VOTES:
       continue
-    r = {k: v for k, v in r.items() if not k.startswith("accuracy_ci")}
+    r = without_ci(r)
     name = attack_name(r)
     r["attack"] = "none" if name == "clean" else name
     out.append(r)
@@ -473,8 +479,7 @@ def main() -> None:
   by_limit: dict[int, list[dict]] = {}  # attack vs compute, one figure per image count
   for path in sorted(RESULTS.glob("attack_vs_compute*.json")):
     data = json.loads(path.read_text())
-    by_limit.setdefault(data["settings"]["limit"], []).extend(  # no bands (see relabel)
-        {k: v for k, v in r.items() if not k.startswith("accuracy_ci")} for r in data["rows"])
+    by_limit.setdefault(data["settings"]["limit"], []).extend(map(without_ci, data["rows"]))
   for limit, rows in sorted(by_limit.items()):
     name = "attack_vs_compute.png" if limit == 200 else f"attack_vs_compute_{limit}.png"
     plots.plot_attack_vs_compute(rows, HERE / name, title="resnet20_cniw_at: attack vs compute "
@@ -488,6 +493,7 @@ def main() -> None:
       print(f"| {a} | {k} | {m} | {k * m} | " + " | ".join(acc.get(lbl, "") for lbl in labels)
             + " |")
     print()
+
 
 if __name__ == "__main__":
   main()
